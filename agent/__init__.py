@@ -1,0 +1,1 @@
+"""LLM decomposition, the planning loop and the command line."""

@@ -1,0 +1,184 @@
+"""``slowfast`` command line: one subcommand per job, each with its own config dataclass."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.config import ConfigError, parse, to_yaml
+
+DEFAULT_CHECKPOINTS = Path(os.environ.get("SLOWFAST_CHECKPOINTS",
+                                          Path(__file__).resolve().parents[1] / "checkpoints"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _check_task_backend(task: str, backend: str) -> None:
+    import envs
+
+    envs.factory(task, backend)  # raises with the known names
+
+
+def _check_count(name: str, value: int | float, minimum: int | float) -> None:
+    if value < minimum:
+        raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+@dataclass
+class CollectConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task name (see `slowfast envs`)"})
+    backend: str = field(default="embedded", metadata={"help": "simulator backend"})
+    episodes: int = field(default=10, metadata={"help": "number of expert episodes"})
+    seed: int = field(default=0, metadata={"help": "episode i uses seed SEED + i"})
+    out: str = field(default="data/return_cubes", metadata={"help": "dataset folder to write"})
+    image_size: int = field(default=64, metadata={"help": "frame height and width in pixels"})
+    num_cubes: int | None = field(default=None, metadata={"help": "return_cubes: cubes in the scene"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        _check_count("episodes", self.episodes, 1)
+        _check_count("image_size", self.image_size, 16)
+
+    def env_options(self) -> dict:
+        options = {"image_size": self.image_size}
+        if self.num_cubes is not None:
+            options["num_cubes"] = self.num_cubes
+        return options
+
+
+def run_collect(cfg: CollectConfig) -> int:
+    from envs.collect import collect
+
+    _check_task_backend(cfg.task, cfg.backend)
+    out = Path(cfg.out)
+    if (out / "meta" / "info.json").exists():
+        raise ConfigError(f"{out} already holds a dataset; choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    seed_everything(cfg.seed)
+    summary = collect(cfg.task, out, cfg.episodes, cfg.seed, cfg.backend, cfg.env_options(),
+                      progress=cfg.progress)
+    distances = np.array([e["distance"] for e in summary["episodes"]])
+    print(json.dumps({"task": cfg.task, "backend": cfg.backend, "episodes": len(distances),
+                      "distance_mean": float(distances.mean()), "distance_max": float(distances.max()),
+                      "out": str(out)}))
+    return 0
+
+
+@dataclass
+class EnvsConfig:
+    seed: int = field(default=0, metadata={"help": "seed for the smoke reset of each embedded env"})
+    out: str | None = field(default=None, metadata={"help": "also write the listing as JSON here"})
+
+
+def run_envs(cfg: EnvsConfig) -> int:
+    import envs
+    import tasks
+
+    rows = []
+    for task in tasks.names():
+        for backend in envs.backends(task):
+            try:
+                envs.factory(task, backend)
+                status = "available"
+            except (ImportError, RuntimeError) as error:
+                status = f"unavailable: {error}"
+            rows.append({"task": task, "backend": backend, "status": status})
+            print(f"{task:14s} {backend:10s} {status}")
+    if cfg.out:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "envs.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+@dataclass
+class PlanConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task name"})
+    backend: str = field(default="embedded", metadata={"help": "simulator backend"})
+    memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "folder with worldmodel/ and idm/ (default: the shipped checkpoints/TASK)"})
+    seed: int = field(default=0, metadata={"help": "episode seed"})
+    out: str = field(default="runs/plan", metadata={"help": "output folder"})
+
+    def __post_init__(self) -> None:
+        if self.memory not in ("none", "anchor-frame", "temp-lora"):
+            raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
+
+
+def run_plan(cfg: PlanConfig) -> int:
+    _check_task_backend(cfg.task, cfg.backend)
+    root = Path(cfg.checkpoint) if cfg.checkpoint else DEFAULT_CHECKPOINTS / cfg.task
+    missing = [name for name in ("worldmodel", "idm") if not (root / name).is_dir()]
+    if missing:
+        data = f"data/{cfg.task}"
+        makers = {
+            "worldmodel": f"slowfast train --task {cfg.task} --data {data} --out {root / 'worldmodel'}",
+            "idm": f"slowfast train-idm --task {cfg.task} --data {data} --out {root / 'idm'}",
+        }
+        how = "; ".join(makers[m] for m in missing)
+        raise ConfigError(f"no {' or '.join(missing)} checkpoint in {root}; collect data with "
+                          f"`slowfast collect --task {cfg.task} --out {data}`, then run: {how}")
+    raise ConfigError(f"checkpoints found in {root}, but this version has no planning loop yet")
+
+
+COMMANDS = {
+    "collect": (CollectConfig, run_collect, "roll out the scripted expert and write a dataset"),
+    "envs": (EnvsConfig, run_envs, "list tasks and simulator backends and whether they can run here"),
+    "plan": (PlanConfig, run_plan, "plan and execute a long-horizon goal with the world model"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: slowfast COMMAND [options]   (slowfast COMMAND --help for options)", "", "commands:"]
+    lines += [f"  {name:10s} {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    import envs
+    import tasks
+
+    config_cls, run, description = COMMANDS[name]
+    prog = "plan" if name == "plan" and sys.argv and Path(sys.argv[0]).name == "plan" else f"slowfast {name}"
+    try:
+        cfg = parse(config_cls, argv, prog, description)
+        return run(cfg)
+    except (ValueError, tasks.UnknownTaskError, envs.BackendUnavailableError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"slowfast: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return run_command(name, rest)
+
+
+def plan_main(argv: list[str] | None = None) -> int:
+    return run_command("plan", list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

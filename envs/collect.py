@@ -1,0 +1,100 @@
+"""Roll out the scripted expert and write a dataset (``slowfast collect``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import envs
+import tasks
+from envs.dataset import FORMAT_VERSION, write_episode
+from tasks.base import CHUNK_FRAMES
+
+
+def padded_length(task_module, frames: int) -> int:
+    """Subgoals are padded by holding still, so chunks align and budgets are fixed."""
+    minimum = getattr(task_module, "FRAMES_PER_SUBGOAL", 0)
+    return max(minimum, math.ceil(frames / CHUNK_FRAMES) * CHUNK_FRAMES)
+
+
+def rollout_expert(env, expert, seed: int) -> dict:
+    obs, _ = env.reset(seed=seed)
+    task_module = tasks.get(env.task_name)
+    state_keys = [k for k in obs if k != "rgb"]
+    frames, actions, subgoal_index = [obs["rgb"]], [], []
+    states = {k: [obs[k]] for k in state_keys}
+    subgoals = env.subgoals()
+    for i, subgoal in enumerate(subgoals):
+        steps = 0
+        for action in expert.actions(subgoal):
+            obs, *_ = env.step(action)
+            frames.append(obs["rgb"]); actions.append(action); subgoal_index.append(i)
+            for k in state_keys:
+                states[k].append(obs[k])
+            steps += 1
+        for _ in range(padded_length(task_module, steps) - steps):
+            action = expert.hold()
+            obs, *_ = env.step(action)
+            frames.append(obs["rgb"]); actions.append(action); subgoal_index.append(i)
+            for k in state_keys:
+                states[k].append(obs[k])
+    return {
+        "frames": np.stack(frames),
+        "actions": np.stack(actions).astype(np.float32),
+        "subgoal_index": np.asarray(subgoal_index, dtype=np.int16),
+        "observations": {k: np.stack(v) for k, v in states.items()},
+        "subgoals": [s.to_dict() for s in subgoals],
+        "goal": env.goal_text(),
+        "metric": env.metric(),
+    }
+
+
+def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str = "embedded",
+            env_options: dict | None = None, progress: bool = True) -> dict:
+    out = Path(out)
+    env = envs.make(task, backend, **(env_options or {}))
+    expert = envs.expert_for(env)
+    summary = {"task": task, "backend": backend, "episodes": []}
+    index_lines = []
+    total_frames = 0
+    try:
+        for e in tqdm(range(episodes), desc=f"collect {task}", unit="episode", disable=not progress):
+            episode_seed = seed + e
+            record = rollout_expert(env, expert, episode_seed)
+            write_episode(out, e, record["frames"], record["actions"], record["subgoal_index"],
+                          record["observations"])
+            length = len(record["actions"])
+            total_frames += length + 1
+            metric = record["metric"]
+            index_lines.append(json.dumps({
+                "episode_index": e, "seed": episode_seed, "length": length, "goal": record["goal"],
+                "subgoals": record["subgoals"], "metric": metric}))
+            summary["episodes"].append(
+                {"seed": episode_seed, "frames": length + 1, "distance": metric["distance"]})
+    finally:
+        env.close()
+    info = {
+        "format": FORMAT_VERSION,
+        "task": task,
+        "backend": backend,
+        "fps": env.metadata["render_fps"],
+        "image_size": int(record["frames"].shape[1]) if episodes else None,
+        "chunk_frames": CHUNK_FRAMES,
+        "action_shape": list(env.action_space.shape) if env.action_space.shape else [],
+        "action_space": repr(env.action_space),
+        "observation_keys": sorted(k for k in env.observation_space.spaces),
+        "env_config": dataclasses.asdict(env.config),
+        "seed": seed,
+        "total_episodes": episodes,
+        "total_frames": total_frames,
+    }
+    (out / "meta").mkdir(parents=True, exist_ok=True)
+    (out / "meta" / "episodes.jsonl").write_text("".join(line + "\n" for line in index_lines))
+    (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

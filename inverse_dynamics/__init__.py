@@ -1,0 +1,1 @@
+"""Inverse dynamics: two consecutive frames -> the action between them."""

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agent.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "--task", "stack_cubes"], "unknown task 'stack_cubes'; known tasks: return_cubes"),
+    (["collect", "--backend", "unity"], "unknown backend 'unity'"),
+    (["collect", "--episodes", "0"], "--episodes must be >= 1"),
+    (["collect", "--episodes", "two"], "invalid int value"),
+    (["collect", "--backend", "rlbench"], "CoppeliaSim"),
+    (["plan", "--task", "return_cubes", "--checkpoint", "/nonexistent"], "slowfast train --task return_cubes"),
+    (["plan", "--memory", "lstm"], "--memory must be"),
+    (["fly"], "unknown command 'fly'"),
+])
+def test_bad_input_exits_nonzero_with_one_clear_line(args, message):
+    result = run(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert message in lines[-1]
+
+
+def test_every_command_has_help():
+    for command in ("collect", "envs", "plan"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "--seed" in result.stdout and "--out" in result.stdout
+
+
+def test_collect_from_yaml_config_with_cli_override(tmp_path, capsys):
+    config = tmp_path / "collect.yaml"
+    config.write_text(f"task: return_cubes\nepisodes: 5\nout: {tmp_path / 'unused'}\nprogress: false\n")
+    out = tmp_path / "data"
+    assert main(["collect", "--config", str(config), "--episodes", "1", "--seed", "3", "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["episodes"] == 1 and line["distance_max"] < 0.02
+    assert (out / "config.yaml").read_text().count("episodes: 1") == 1
+    assert main(["collect", "--config", str(config), "--out", str(out)]) == 2  # refuses to overwrite
+
+
+def test_unknown_yaml_key_is_rejected(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("episdoes: 3\n")
+    assert main(["collect", "--config", str(config)]) == 2
+    assert "unknown options episdoes" in capsys.readouterr().err

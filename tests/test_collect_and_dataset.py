@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+
+from envs.dataset import ChunkDataset, DatasetError, load_dataset
+from tasks.base import CHUNK_FRAMES
+
+
+def test_collect_writes_loadable_dataset(cubes_dataset):
+    root, summary = cubes_dataset
+    assert summary["task"] == "return_cubes" and summary["backend"] == "embedded"
+    assert [e["seed"] for e in summary["episodes"]] == [7, 8]
+    assert all(e["distance"] < 0.02 for e in summary["episodes"])
+    assert json.loads((root / "summary.json").read_text()) == summary
+    data = load_dataset(root)
+    assert data.info["total_episodes"] == 2
+    episode = data.load_episode(0)
+    length = data.episodes[0]["length"]
+    assert episode["frames"].shape == (length + 1, 64, 64, 3) and episode["frames"].dtype == np.uint8
+    assert episode["actions"].shape == (length, 4)
+    assert episode["obs_cube_pos"].shape == (length + 1, 2, 3)
+    assert length % CHUNK_FRAMES == 0
+    assert np.all(np.diff(episode["subgoal_index"]) >= 0)
+
+
+def test_chunk_dataset_samples(cubes_dataset):
+    root, _ = cubes_dataset
+    ds = ChunkDataset(root, context_frames=4)
+    first = ds[0]
+    assert first["context"].shape == (4, 64, 64, 3) and first["context_len"] == 1
+    assert first["target"].shape == (CHUNK_FRAMES, 64, 64, 3)
+    assert first["actions"].shape == (CHUNK_FRAMES, 4)
+    assert first["text"].startswith("move the red cube")
+    later = ds[3]
+    episode = load_dataset(root).load_episode(later["episode"])
+    s = later["start"]
+    assert later["context_len"] == 4
+    assert np.array_equal(later["context"].numpy(), episode["frames"][s - 3:s + 1])
+    assert np.array_equal(later["target"].numpy(), episode["frames"][s + 1:s + 1 + CHUNK_FRAMES])
+
+
+def test_collect_is_deterministic(cubes_dataset, tmp_path):
+    from envs.collect import collect
+
+    root, _ = cubes_dataset
+    collect("return_cubes", tmp_path, episodes=1, seed=7, progress=False)
+    a = load_dataset(root).load_episode(0)
+    b = load_dataset(tmp_path).load_episode(0)
+    assert np.array_equal(a["frames"], b["frames"]) and np.array_equal(a["actions"], b["actions"])
+
+
+def test_missing_or_corrupt_dataset_is_a_clear_error(cubes_dataset, tmp_path):
+    with pytest.raises(DatasetError, match="slowfast collect"):
+        load_dataset(tmp_path)
+    root, _ = cubes_dataset
+    broken = tmp_path / "broken"
+    (broken / "meta").mkdir(parents=True)
+    (broken / "data").mkdir()
+    (broken / "meta" / "info.json").write_text((root / "meta" / "info.json").read_text())
+    (broken / "meta" / "episodes.jsonl").write_text((root / "meta" / "episodes.jsonl").read_text())
+    (broken / "data" / "episode_000000.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DatasetError, match="cannot read episode"):
+        load_dataset(broken).load_episode(0)

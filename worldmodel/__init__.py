@@ -1,0 +1,1 @@
+"""Video world model: masked conditional diffusion, Temp-LoRA memory, slow and slow-fast training."""
