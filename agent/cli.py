@@ -45,16 +45,21 @@ class CollectConfig:
     out: str = field(default="data/return_cubes", metadata={"help": "dataset folder to write"})
     image_size: int = field(default=64, metadata={"help": "frame height and width in pixels"})
     num_cubes: int | None = field(default=None, metadata={"help": "return_cubes: cubes in the scene"})
+    num_legs: int | None = field(default=None, metadata={"help": "retrace: legs of the outbound path"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
         _check_count("episodes", self.episodes, 1)
         _check_count("image_size", self.image_size, 16)
+        for option, task in (("num_cubes", "return_cubes"), ("num_legs", "retrace")):
+            if getattr(self, option) is not None and self.task != task:
+                raise ConfigError(f"--{option.replace('_', '-')} only applies to --task {task}")
 
     def env_options(self) -> dict:
         options = {"image_size": self.image_size}
-        if self.num_cubes is not None:
-            options["num_cubes"] = self.num_cubes
+        for option in ("num_cubes", "num_legs"):
+            if getattr(self, option) is not None:
+                options[option] = getattr(self, option)
         return options
 
 

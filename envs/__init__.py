@@ -20,16 +20,20 @@ import tasks
 _BACKENDS: dict[tuple[str, str], str] = {
     ("return_cubes", "embedded"): "envs.cubes:CubesEnv",
     ("return_cubes", "rlbench"): "envs.rlbench_backend:RLBenchCubesEnv",
+    ("retrace", "embedded"): "envs.retrace_crafter:CrafterRetraceEnv",
+    ("retrace", "minedojo"): "envs.minedojo_backend:MineDojoRetraceEnv",
 }
 
 
 # Python modules a backend needs beyond this package's dependencies, with how to get them.
 _REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "rlbench": (("pyrep", "rlbench"), "envs.rlbench_backend:INSTALL_HELP"),
+    "minedojo": (("minedojo",), "envs.minedojo_backend:INSTALL_HELP"),
 }
 
 
 gym.register(id="slowfast/ReturnCubes-v0", entry_point="envs.cubes:CubesEnv")
+gym.register(id="slowfast/Retrace-v0", entry_point="envs.retrace_crafter:CrafterRetraceEnv")
 
 
 class UnknownBackendError(ValueError):
@@ -66,10 +70,12 @@ def make(task: str, backend: str = "embedded", **options) -> gym.Env:
 
 def expert_for(env: gym.Env):
     """The scripted privileged expert that solves ``env``'s task."""
-    from envs.cubes import CubesEnv
-
-    if isinstance(env, CubesEnv):
+    if env.task_name == "return_cubes" and hasattr(env, "cube_positions"):
         from envs.cubes_expert import CubesExpert
 
         return CubesExpert(env)
+    if env.task_name == "retrace" and hasattr(env, "walkable"):
+        from envs.retrace_expert import RetraceExpert
+
+        return RetraceExpert(env)
     raise TypeError(f"no scripted expert for {type(env).__name__}; experts need an embedded backend")

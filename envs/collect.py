@@ -16,10 +16,9 @@ from envs.dataset import FORMAT_VERSION, write_episode
 from tasks.base import CHUNK_FRAMES
 
 
-def padded_length(task_module, frames: int) -> int:
+def padded_length(task_module, subgoal, frames: int) -> int:
     """Subgoals are padded by holding still, so chunks align and budgets are fixed."""
-    minimum = getattr(task_module, "FRAMES_PER_SUBGOAL", 0)
-    return max(minimum, math.ceil(frames / CHUNK_FRAMES) * CHUNK_FRAMES)
+    return max(task_module.frames_for(subgoal), math.ceil(frames / CHUNK_FRAMES) * CHUNK_FRAMES)
 
 
 def rollout_expert(env, expert, seed: int) -> dict:
@@ -30,6 +29,7 @@ def rollout_expert(env, expert, seed: int) -> dict:
     states = {k: [obs[k]] for k in state_keys}
     subgoals = env.subgoals()
     for i, subgoal in enumerate(subgoals):
+        env.start_subgoal(subgoal)
         steps = 0
         for action in expert.actions(subgoal):
             obs, *_ = env.step(action)
@@ -37,7 +37,7 @@ def rollout_expert(env, expert, seed: int) -> dict:
             for k in state_keys:
                 states[k].append(obs[k])
             steps += 1
-        for _ in range(padded_length(task_module, steps) - steps):
+        for _ in range(padded_length(task_module, subgoal, steps) - steps):
             action = expert.hold()
             obs, *_ = env.step(action)
             frames.append(obs["rgb"]); actions.append(action); subgoal_index.append(i)

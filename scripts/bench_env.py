@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = {}
-    for task, backend in [("return_cubes", "embedded")]:
+    for task, backend in [("return_cubes", "embedded"), ("retrace", "embedded")]:
         for size in (64, 128):
             result[f"{task}/{backend}/{size}"] = bench(task, backend, size, args.steps, args.seed)
     print(json.dumps(result))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from tasks import return_cubes
+from tasks import retrace, return_cubes
 from tasks.base import Subgoal, UnknownTaskError
 
-_TASKS: dict[str, ModuleType] = {return_cubes.NAME: return_cubes}
+_TASKS: dict[str, ModuleType] = {return_cubes.NAME: return_cubes, retrace.NAME: retrace}
 
 
 def names() -> list[str]:

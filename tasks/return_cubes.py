@@ -96,6 +96,10 @@ def subgoal_templates(colours: tuple[str, ...]) -> list[Subgoal]:
     return out
 
 
+def frames_for(subgoal: Subgoal) -> int:
+    return FRAMES_PER_SUBGOAL
+
+
 def metric(initial_pos: np.ndarray, final_pos: np.ndarray, colours: tuple[str, ...]) -> dict:
     """Paper Table 2 "Dist": mean Euclidean distance of each cube to where it started."""
     per_cube = np.linalg.norm(np.asarray(final_pos) - np.asarray(initial_pos), axis=-1)

@@ -12,7 +12,7 @@ def run(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["collect", "--task", "stack_cubes"], "unknown task 'stack_cubes'; known tasks: return_cubes"),
+    (["collect", "--task", "stack_cubes"], "unknown task 'stack_cubes'; known tasks: retrace, return_cubes"),
     (["collect", "--backend", "unity"], "unknown backend 'unity'"),
     (["collect", "--episodes", "0"], "--episodes must be >= 1"),
     (["collect", "--episodes", "two"], "invalid int value"),
@@ -20,6 +20,8 @@ def run(*args):
     (["plan", "--task", "return_cubes", "--checkpoint", "/nonexistent"], "slowfast train --task return_cubes"),
     (["plan", "--memory", "lstm"], "--memory must be"),
     (["fly"], "unknown command 'fly'"),
+    (["collect", "--task", "retrace", "--num-cubes", "3"], "--num-cubes only applies to --task return_cubes"),
+    (["collect", "--task", "retrace", "--backend", "minedojo"], "JDK 8"),
 ])
 def test_bad_input_exits_nonzero_with_one_clear_line(args, message):
     result = run(*args)

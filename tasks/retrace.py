@@ -1,0 +1,117 @@
+"""``retrace``: walk out along a path of straight legs, then retrace it back to the start.
+
+Paper Sec. 4.2 "Game Navigation". Positions are integer (x, y) tiles of a top-down
+world, x to the right and y downwards in the image; distances are in blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.base import CHUNK_FRAMES, Subgoal
+
+NAME = "retrace"
+
+# Action index -> text, shared by every backend and the world model's vocabulary.
+ACTIONS = ("stay", "go left", "go right", "go up", "go down")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+LEG_MIN, LEG_MAX = 3, CHUNK_FRAMES  # a leg fits in one chunk
+WAYPOINT_EVERY = 2  # every 2nd tile of the outbound path (and its end) is a waypoint
+SUCCESS_RADIUS = 1.0
+
+LEG_TEMPLATE = "go {direction} for {steps} steps"
+RETRACE_TEXT = "retrace the path back to the start"
+GOAL_TEMPLATE = "{legs}, then retrace your path back to where you started"
+
+
+@dataclass(frozen=True)
+class Leg:
+    direction: str
+    steps: int
+
+    def text(self) -> str:
+        return LEG_TEMPLATE.format(direction=self.direction, steps=self.steps)
+
+
+def path_of(start: np.ndarray, legs: list[Leg]) -> np.ndarray:
+    """Every tile visited by walking the legs from ``start``, start included."""
+    tiles = [np.asarray(start)]
+    for leg in legs:
+        step = np.array(DIRECTIONS[leg.direction])
+        tiles += [tiles[-1] + step * (i + 1) for i in range(leg.steps)]
+    return np.stack(tiles)
+
+
+def sample_legs(rng: np.random.Generator, start: np.ndarray, walkable, num_legs: int = 3,
+                tries: int = 500) -> list[Leg]:
+    """Straight legs over walkable tiles that never cross the path so far.
+
+    ``walkable(x, y) -> bool`` comes from the backend's world.
+    """
+    for _ in range(tries):
+        legs: list[Leg] = []
+        visited = {tuple(start)}
+        pos = np.asarray(start)
+        for _ in range(num_legs):
+            options = [d for d in DIRECTIONS if not legs or d not in (legs[-1].direction,
+                                                                       OPPOSITE[legs[-1].direction])]
+            direction = options[rng.integers(len(options))]
+            steps = int(rng.integers(LEG_MIN, LEG_MAX + 1))
+            tiles = path_of(pos, [Leg(direction, steps)])[1:]
+            if any(tuple(t) in visited or not walkable(*t) for t in tiles):
+                break
+            visited.update(map(tuple, tiles))
+            legs.append(Leg(direction, steps))
+            pos = tiles[-1]
+        if len(legs) == num_legs:
+            return legs
+    raise RuntimeError(f"no clear {num_legs}-leg path from {tuple(start)} in {tries} tries")
+
+
+def goal_text(legs: list[Leg]) -> str:
+    parts = [leg.text() for leg in legs]
+    joined = parts[0] if len(parts) == 1 else ", then ".join(parts)
+    return GOAL_TEMPLATE.format(legs=joined)
+
+
+def canonical_subgoals(legs: list[Leg]) -> list[Subgoal]:
+    out = [Subgoal(leg.text(), "walk", {"direction": leg.direction, "steps": leg.steps}) for leg in legs]
+    out.append(Subgoal(RETRACE_TEXT, "retrace", {"legs": len(legs)}))
+    return out
+
+
+def subgoal_templates() -> list[Subgoal]:
+    out = [Subgoal(Leg(d, n).text(), "walk", {"direction": d, "steps": n})
+           for d in DIRECTIONS for n in range(LEG_MIN, LEG_MAX + 1)]
+    return out + [Subgoal(RETRACE_TEXT, "retrace", {})]
+
+
+def frames_for(subgoal: Subgoal) -> int:
+    """Chunk budget: one chunk a leg out, and one chunk a leg back."""
+    legs = subgoal.params.get("legs", 1) if subgoal.kind == "retrace" else 1
+    return legs * CHUNK_FRAMES
+
+
+def waypoints(outbound: np.ndarray) -> np.ndarray:
+    picks = list(range(0, len(outbound), WAYPOINT_EVERY))
+    if picks[-1] != len(outbound) - 1:
+        picks.append(len(outbound) - 1)
+    return np.asarray(outbound)[picks]
+
+
+def metric(outbound: np.ndarray, return_trajectory: np.ndarray) -> dict:
+    """Mean over waypoints of the closest approach of the return trajectory (blocks)."""
+    points = waypoints(outbound).astype(float)
+    trajectory = np.asarray(return_trajectory, dtype=float).reshape(-1, 2)
+    gaps = np.linalg.norm(points[:, None, :] - trajectory[None, :, :], axis=-1).min(axis=1)
+    final = float(np.linalg.norm(trajectory[-1] - np.asarray(outbound[0], dtype=float)))
+    return {
+        "distance": float(gaps.mean()),
+        "per_waypoint": [float(g) for g in gaps],
+        "final_distance": final,
+        "success": bool(final <= SUCCESS_RADIUS),
+    }
