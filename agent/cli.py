@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -139,16 +140,27 @@ def run_plan(cfg: PlanConfig) -> int:
     raise ConfigError(f"checkpoints found in {root}, but this version has no planning loop yet")
 
 
+# name -> (module, config class, run function, description); imported only when
+# called, so `slowfast collect` does not pay for loading diffusers.
 COMMANDS = {
-    "collect": (CollectConfig, run_collect, "roll out the scripted expert and write a dataset"),
-    "envs": (EnvsConfig, run_envs, "list tasks and simulator backends and whether they can run here"),
-    "plan": (PlanConfig, run_plan, "plan and execute a long-horizon goal with the world model"),
+    "collect": ("agent.cli", "CollectConfig", "run_collect",
+                "roll out the scripted expert and write a dataset"),
+    "train": ("worldmodel.train", "TrainConfig", "run_train_command",
+              "train the video world model (slow learning) on a dataset"),
+    "train-idm": ("inverse_dynamics.train", "TrainIDMConfig", "run_train_idm",
+                  "train the inverse-dynamics model (frame pair -> action) on a dataset"),
+    "generate": ("worldmodel.generate", "GenerateConfig", "run_generate",
+                 "imagine a long video for a list of action texts from a simulator's first frame"),
+    "plan": ("agent.cli", "PlanConfig", "run_plan",
+             "plan and execute a long-horizon goal with the world model"),
+    "envs": ("agent.cli", "EnvsConfig", "run_envs",
+             "list tasks and simulator backends and whether they can run here"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: slowfast COMMAND [options]   (slowfast COMMAND --help for options)", "", "commands:"]
-    lines += [f"  {name:10s} {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    lines += [f"  {name:10s} {entry[-1]}" for name, entry in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -156,12 +168,14 @@ def run_command(name: str, argv: list[str]) -> int:
     import envs
     import tasks
 
-    config_cls, run, description = COMMANDS[name]
+    module_name, config_name, run_name, description = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    config_cls, run = getattr(module, config_name), getattr(module, run_name)
     prog = "plan" if name == "plan" and sys.argv and Path(sys.argv[0]).name == "plan" else f"slowfast {name}"
     try:
         cfg = parse(config_cls, argv, prog, description)
         return run(cfg)
-    except (ValueError, tasks.UnknownTaskError, envs.BackendUnavailableError) as error:
+    except (ValueError, FloatingPointError, envs.BackendUnavailableError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -126,3 +126,22 @@ class ChunkDataset(Dataset):
             "episode": e,
             "start": start,
         }
+
+
+class FramePairDataset(Dataset):
+    """Inverse-dynamics samples: (frame t, frame t + 1, action t) from every step."""
+
+    def __init__(self, root: str | Path, episodes: list[int] | None = None):
+        self.data = load_dataset(root)
+        wanted = range(len(self.data)) if episodes is None else episodes
+        self.index = [(e, t) for e in wanted for t in range(self.data.episodes[e]["length"])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        episode = self.data.load_episode(e)
+        return {"frame": torch.from_numpy(episode["frames"][t]),
+                "next_frame": torch.from_numpy(episode["frames"][t + 1]),
+                "action": torch.from_numpy(np.asarray(episode["actions"][t], dtype=np.float32).reshape(-1))}

@@ -1,0 +1,189 @@
+"""``slowfast train-idm``: fit the inverse-dynamics model on a collected dataset.
+
+Generated frames are blurrier and noisier than renders, so training pairs are
+augmented with a random Gaussian blur, pixel noise and a brightness shift (the same
+blur and shift for both frames of a pair, independent noise). Validation runs on
+held-out episodes, on clean frames and on augmented ones. Run folder: ``OUT/config.yaml``,
+``OUT/log.csv``, ``OUT/state.pt`` (for ``--resume``), ``OUT/idm.json`` +
+``OUT/idm.safetensors`` (the model, fp16, with its normaliser).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from envs.dataset import FramePairDataset, load_dataset
+from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec, split_actions
+
+
+@dataclass
+class TrainIDMConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task the data was collected for"})
+    data: str = field(default="data/return_cubes", metadata={"help": "dataset folder"})
+    out: str = field(default="runs/idm", metadata={"help": "run folder"})
+    seed: int = field(default=0, metadata={"help": "seed for init, augmentation and data order"})
+    max_steps: int = field(default=3000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per step"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    augment_prob: float = field(default=0.8, metadata={"help": "P(blur/noise/brightness) per pair"})
+    val_episodes: int = field(default=8, metadata={"help": "held-out episodes for validation"})
+    save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/state.pt"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+def augment(pair: torch.Tensor, prob: float, rng: torch.Generator) -> torch.Tensor:
+    """Blur + noise + brightness on (B, 6, H, W) pairs in [-1, 1]."""
+    b = pair.shape[0]
+    apply = (torch.rand(b, generator=rng) < prob).float()[:, None, None, None]
+    sigma = torch.rand(b, generator=rng) * 1.2 + 1e-3
+    x = torch.arange(-2, 3, dtype=torch.float32)
+    kernel = torch.exp(-(x[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(-1, keepdim=True)  # (B, 5)
+    channels = pair.shape[1]
+    grouped = pair.reshape(1, b * channels, *pair.shape[2:])
+    k = kernel.repeat_interleave(channels, 0)
+    blurred = F.conv2d(F.pad(grouped, (2, 2, 0, 0), mode="replicate"), k[:, None, None, :], groups=b * channels)
+    blurred = F.conv2d(F.pad(blurred, (0, 0, 2, 2), mode="replicate"), k[:, None, :, None], groups=b * channels)
+    blurred = blurred.reshape(pair.shape)
+    noise = torch.randn(pair.shape, generator=rng) * (torch.rand(b, 1, 1, 1, generator=rng) * 0.08)
+    shift = (torch.rand(b, 1, 1, 1, generator=rng) - 0.5) * 0.2
+    out = (blurred + noise + shift).clamp(-1, 1)
+    return apply * out + (1 - apply) * pair
+
+
+def _loss(model: InverseDynamicsModel, pair, continuous, classes) -> tuple[torch.Tensor, dict]:
+    pred_continuous, logits = model(pair)
+    loss = torch.zeros(())
+    stats = {}
+    if pred_continuous is not None:
+        loss = loss + F.mse_loss(pred_continuous, model.normalise(continuous))
+        delta = model.denormalise(pred_continuous)
+        stats["delta_mae"] = (delta - continuous).abs().mean().item()
+    if logits is not None:
+        loss = loss + F.cross_entropy(logits, classes)
+        stats["accuracy"] = (logits.argmax(-1) == classes).float().mean().item()
+    return loss, stats
+
+
+def _targets(task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    continuous, classes = split_actions(task, batch["action"].numpy())
+    return torch.from_numpy(continuous), torch.from_numpy(classes)
+
+
+@torch.no_grad()
+def evaluate(model: InverseDynamicsModel, loader: DataLoader, task: str, augment_prob: float = 0.0,
+             seed: int = 0) -> dict:
+    rng = torch.Generator().manual_seed(seed)
+    model.eval()
+    totals: dict[str, list[float]] = {}
+    for batch in loader:
+        pair = model.to_input(batch["frame"], batch["next_frame"])
+        if augment_prob:
+            pair = augment(pair, augment_prob, rng)
+        loss, stats = _loss(model, pair, *_targets(task, batch))
+        for k, v in {"loss": loss.item(), **stats}.items():
+            totals.setdefault(k, []).append(v)
+    model.train()
+    return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def run_train_idm(cfg: TrainIDMConfig) -> int:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    data = load_dataset(cfg.data)
+    if data.info["task"] != cfg.task:
+        raise ValueError(f"--data {cfg.data} holds task {data.info['task']!r}, not --task {cfg.task!r}")
+    if cfg.resume and not (out / "state.pt").is_file():
+        raise ValueError(f"--resume: no training state in {out}; start without --resume")
+    if not cfg.resume and (out / "state.pt").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    val = min(cfg.val_episodes, max(0, len(data) - 1))
+    train_set = FramePairDataset(cfg.data, list(range(len(data) - val)))
+    val_set = FramePairDataset(cfg.data, list(range(len(data) - val, len(data))))
+    continuous_dim, classes = action_spec(cfg.task)
+    all_actions = np.concatenate([data.load_episode(e)["actions"] for e in range(len(data) - val)])
+    continuous, _ = split_actions(cfg.task, all_actions)
+    model = InverseDynamicsModel(IDMConfig(
+        task=cfg.task, image_size=int(data.info["image_size"]), continuous_dim=continuous_dim,
+        discrete_classes=classes, action_mean=continuous.mean(0).tolist() if continuous_dim else [],
+        action_std=(continuous.std(0) + 1e-3).tolist() if continuous_dim else []))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    step = 0
+    if cfg.resume:
+        state = torch.load(out / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+    else:
+        from agent.config import to_yaml
+
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    val_loader = DataLoader(val_set, batch_size=256)
+    log_path = out / "log.csv"
+    fresh = not (cfg.resume and log_path.exists())
+    log_file = log_path.open("w" if fresh else "a", newline="")
+    log = csv.writer(log_file)
+    if fresh:
+        log.writerow(["step", "loss", "val_loss", "val_accuracy", "val_delta_mae", "val_aug_accuracy", "seconds"])
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
+    rng = torch.Generator()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train-idm {cfg.task}", disable=not cfg.progress)
+    started, running, summary = time.time(), [], {}
+    while step < cfg.max_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        for i, batch in enumerate(loader):
+            if i < offset:
+                continue
+            rng.manual_seed(cfg.seed * 1_000_003 + step)
+            pair = augment(model.to_input(batch["frame"], batch["next_frame"]), cfg.augment_prob, rng)
+            loss, _ = _loss(model, pair, *_targets(cfg.task, batch))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}; rerun with --resume and a lower --lr")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running.append(loss.item())
+            bar.update(1)
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                clean = evaluate(model, val_loader, cfg.task)
+                noisy = evaluate(model, val_loader, cfg.task, augment_prob=1.0, seed=cfg.seed)
+                summary = {"step": step, "val_loss": clean["loss"], "val_accuracy": clean.get("accuracy"),
+                           "val_delta_mae": clean.get("delta_mae"), "val_aug_accuracy": noisy.get("accuracy")}
+                log.writerow([step, float(np.mean(running)), clean["loss"], clean.get("accuracy", ""),
+                              clean.get("delta_mae", ""), noisy.get("accuracy", ""), round(time.time() - started, 1)])
+                log_file.flush()
+                running = []
+                model.save_pretrained(out)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                            "torch_rng": torch.get_rng_state()}, out / "state.pt")
+                bar.set_postfix(val_acc=f"{clean.get('accuracy', float('nan')):.3f}")
+            if step >= cfg.max_steps:
+                break
+    bar.close()
+    log_file.close()
+    print(json.dumps({**summary, "out": str(out), "seconds": round(time.time() - started, 1)}))
+    return 0

@@ -1,0 +1,71 @@
+"""World-model quality and speed on held-out expert episodes.
+
+For sampled chunks of held-out episodes (seeds not used for training), the model gets
+the true context frames and the true subgoal text and generates one chunk; PSNR and
+SSIM are measured against the true frames, next to the "repeat the last context
+frame" baseline. The last output line is one JSON object.
+
+Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
+       [--chunks-per-episode 4] [--checkpoint DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import envs
+from envs.collect import rollout_expert
+from worldmodel.generate import default_checkpoint
+from worldmodel.model import VideoWorldModel
+from worldmodel.video_io import psnr, ssim
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="retrace")
+    parser.add_argument("--seed", type=int, default=10_000, help="first held-out episode seed")
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--chunks-per-episode", type=int, default=4)
+    parser.add_argument("--checkpoint", default=None)
+    args = parser.parse_args()
+
+    model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
+    cfg = model.config
+    env = envs.make(args.task)
+    expert = envs.expert_for(env)
+    rng = np.random.default_rng(args.seed)
+    scores = {"psnr": [], "ssim": [], "baseline_psnr": [], "baseline_ssim": []}
+    seconds = []
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    for seed in seeds:
+        record = rollout_expert(env, expert, seed)
+        frames, subgoal_index = record["frames"], record["subgoal_index"]
+        starts = np.arange(0, len(subgoal_index) - cfg.chunk_frames + 1, cfg.chunk_frames)
+        for start in rng.choice(starts, size=min(args.chunks_per_episode, len(starts)), replace=False):
+            context_frames = frames[max(0, start + 1 - cfg.context_frames):start + 1]
+            truth = frames[start + 1:start + 1 + cfg.chunk_frames]
+            text = record["subgoals"][int(subgoal_index[start])]["text"]
+            context = model.latent.encode(context_frames[None])
+            began = time.perf_counter()
+            chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)))
+            seconds.append(time.perf_counter() - began)
+            generated = model.latent.decode(chunk)[0]
+            repeat = np.repeat(context_frames[-1:], len(truth), axis=0)
+            scores["psnr"].append(psnr(generated, truth))
+            scores["ssim"].append(ssim(generated, truth))
+            scores["baseline_psnr"].append(psnr(repeat, truth))
+            scores["baseline_ssim"].append(ssim(repeat, truth))
+    env.close()
+    result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()},
+              "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
+              "sample_steps": cfg.sample_steps, "seeds": seeds}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+import hashlib
+
+import pytest
+import torch
+
+from worldmodel.memory import EpisodeMemory, EpisodeMemoryError, MemoryConfig, adapter_parameters, base_parameters
+from worldmodel.model import VideoWorldModel, WorldModelConfig
+
+TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=2)
+
+
+def _model():
+    torch.manual_seed(0)
+    return VideoWorldModel(WorldModelConfig(**TINY))
+
+
+def _latents(model, frames, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, model.config.latent_channels, frames, model.config.latent_size,
+                       model.config.latent_size, generator=g)
+
+
+def _hash(params):
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _chunk(model, context):
+    return model.generate_chunk(context, ["go left for 3 steps"], generator=torch.Generator().manual_seed(1))
+
+
+def test_update_changes_only_the_adapter_and_reset_restores_the_base():
+    model = _model()
+    context = _latents(model, 4, 0)
+    before = _chunk(model, context)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=3, lr=1e-2))
+    assert len(adapter_parameters(model.unet)) > 0
+    assert torch.equal(_chunk(model, context), before)  # a fresh adapter has no effect
+    base_hash = _hash(base_parameters(model.unet))
+    adapter_hash = _hash(memory.params)
+    losses = memory.update(context, _latents(model, 8, 1))
+    assert len(losses) == 3 and all(l == l for l in losses)
+    assert _hash(base_parameters(model.unet)) == base_hash
+    assert _hash(memory.params) != adapter_hash
+    assert not torch.equal(_chunk(model, context), before)
+    memory.reset()
+    assert torch.equal(_chunk(model, context), before)
+
+
+def test_memory_save_load_round_trip(tmp_path):
+    model = _model()
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=2, lr=1e-2))
+    context = _latents(model, 4, 0)
+    memory.update(context, _latents(model, 8, 1))
+    remembered = _chunk(model, context)
+    path = memory.save(tmp_path / "episode.safetensors")
+    memory.reset()
+    assert not torch.equal(_chunk(model, context), remembered)
+    memory.load(path)
+    assert torch.equal(_chunk(model, context), remembered)
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(EpisodeMemoryError, match="cannot load"):
+        memory.load(tmp_path / "bad.safetensors")
+
+
+def test_non_finite_step_rolls_the_adapter_back():
+    model = _model()
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2))
+    context = _latents(model, 4, 0)
+    memory.update(context, _latents(model, 8, 1))
+    good = _hash(memory.params)
+    poisoned = _latents(model, 8, 2)
+    poisoned[0, 0, 0, 0, 0] = float("nan")
+    assert memory.update(context, poisoned) == []
+    assert memory.rollbacks == 1 and _hash(memory.params) == good
+
+
+def test_variants_train_on_the_windows_they_specify():
+    model = _model()
+    previous, new = _latents(model, 4, 0), _latents(model, 8, 1)
+    window = model.config.window
+    local = EpisodeMemory(model, MemoryConfig(rank=4, variant="local"))
+    batch, clean = local.training_window(previous, new)
+    assert clean == 0 and torch.equal(batch, torch.cat([previous, new], 2)[:, :, -window:])
+    original = EpisodeMemory(model, MemoryConfig(rank=4, variant="original"))
+    batch, clean = original.training_window(previous, new)
+    assert clean == 4 and torch.equal(batch[:, :, 4:], new)
+    glob = EpisodeMemory(model, MemoryConfig(rank=4, variant="global", seed=3))
+    history = _latents(model, 40, 5)
+    glob.history = history
+    batch, clean = glob.training_window(previous, new)
+    starts = [s for s in range(40 - window + 1) if torch.equal(history[:, :, s:s + window], batch)]
+    assert clean == 0 and len(starts) == 1
+    with pytest.raises(EpisodeMemoryError, match="variant"):
+        MemoryConfig(variant="episodic")

@@ -1,0 +1,117 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel.model import CheckpointError, VideoWorldModel, WorldModelConfig
+from worldmodel.train import TrainConfig, run_train
+
+TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return VideoWorldModel(WorldModelConfig(**TINY))
+
+
+def _window(model, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c, s = model.config.latent_channels, model.config.latent_size
+    context = torch.randn(batch, c, model.config.context_frames, s, s, generator=g)
+    target = torch.randn(batch, c, model.config.chunk_frames, s, s, generator=g)
+    return context, target
+
+
+def test_masked_loss_ignores_context_frames(tiny_model):
+    context, target = _window(tiny_model)
+    text = tiny_model.text_encoder(["go left for 3 steps", "stay"])
+    context_len = torch.tensor([4, 2])
+    unet = tiny_model.unet
+    original_forward = unet.forward
+
+    def garbage_on_context(*args, **kwargs):
+        out = original_forward(*args, **kwargs)
+        out.sample[:, :, :tiny_model.config.context_frames] += 1000.0
+        return out
+
+    clean = tiny_model.training_loss(context, context_len, target, text, torch.Generator().manual_seed(1))
+    unet.forward = garbage_on_context
+    try:
+        spoiled = tiny_model.training_loss(context, context_len, target, text, torch.Generator().manual_seed(1))
+    finally:
+        unet.forward = original_forward
+    assert torch.equal(clean, spoiled)
+    # ... while the target frames do matter.
+    other = tiny_model.training_loss(context, context_len, target + 1, text, torch.Generator().manual_seed(1))
+    assert not torch.equal(clean, other)
+
+
+def test_empty_context_slots_are_zeroed_and_flagged(tiny_model):
+    context, target = _window(tiny_model)
+    sample = tiny_model.window_input(context, torch.tensor([1, 0]), target)
+    c = tiny_model.config.latent_channels
+    assert torch.equal(sample[0, :c, 3], context[0, :, 3])
+    assert sample[0, :c, :3].abs().sum() == 0 and sample[1, :c, :4].abs().sum() == 0
+    assert sample[0, c, :, 0, 0].tolist() == [0, 0, 0, 1] + [0] * tiny_model.config.chunk_frames
+
+
+def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    calls = []
+    video = tiny_model.rollout(first, ["go left for 3 steps", "go up for 4 steps"], seed=0,
+                               after_chunk=lambda prev, new: calls.append((prev.shape, new.shape)))
+    assert video.shape == (1 + 2 * tiny_model.config.chunk_frames, 64, 64, 3)
+    assert np.array_equal(video[0], first)  # the clean context is never altered
+    assert calls[0][0][2] == 1 and calls[1][0][2] == tiny_model.config.context_frames
+
+
+def test_save_load_round_trip_is_identical(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "fp32", dtype=torch.float32)
+    loaded = VideoWorldModel.from_pretrained(tmp_path / "fp32")
+    context, _ = _window(tiny_model, batch=1)
+    a = tiny_model.generate_chunk(context, ["stay"], generator=torch.Generator().manual_seed(3))
+    b = loaded.generate_chunk(context, ["stay"], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    tiny_model.save_pretrained(tmp_path / "fp16")
+    half = VideoWorldModel.from_pretrained(tmp_path / "fp16")
+    c = half.generate_chunk(context, ["stay"], generator=torch.Generator().manual_seed(3))
+    assert ((a - c).abs().mean() / a.abs().mean()) < 0.01
+    again = tiny_model.generate_chunk(context, ["stay"], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, again)  # saving in fp16 leaves the live model untouched
+    assert (tmp_path / "fp16" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size < \
+        (tmp_path / "fp32" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size * 0.6
+
+
+def test_missing_or_corrupt_checkpoint_is_a_clear_error(tiny_model, tmp_path):
+    with pytest.raises(CheckpointError, match="slowfast train"):
+        VideoWorldModel.from_pretrained(tmp_path / "nothing")
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        VideoWorldModel.from_pretrained(tmp_path / "ckpt")
+
+
+def _losses(path):
+    with open(path) as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
+    root, _ = cubes_dataset
+    common = dict(task="return_cubes", data=str(root), batch_size=2, save_every=2, log_every=1,
+                  val_episodes=1, warmup_steps=2, progress=False, block_out_channels=(16, 32),
+                  attention_head_dim=2, norm_num_groups=8)
+    run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=4, **common))
+    run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=2, **common))
+    run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=4, resume=True, **common))
+    straight, resumed = _losses(tmp_path / "straight" / "log.csv"), _losses(tmp_path / "resumed" / "log.csv")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5)
+    model = VideoWorldModel.from_pretrained(tmp_path / "resumed")
+    assert model.config.task == "return_cubes"
+    with pytest.raises(ValueError, match="--resume"):
+        run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=4, **common))

@@ -1,0 +1,207 @@
+"""Temp-LoRA: an episode's memory stored in a LoRA on the UNet (paper Sec. 3.2, Alg. 1a).
+
+After each generated chunk i, the LoRA alone takes ``steps`` Adam steps on a window
+built from the clean latents just generated:
+
+- ``local`` (default, Eq. 3): z' = input context (+) new chunk on the frame axis, all of
+  it noised at one random t, no clean conditioning and no text, loss on every frame.
+- ``original`` (Temp-LoRA for text): the input context stays clean as conditioning and
+  only the new chunk is noised and scored.
+- ``global``: like ``local`` but the window is drawn at random from the whole sequence
+  generated so far.
+
+The adapter carries from chunk to chunk and ``reset()`` clears it for a new episode (B
+= 0 gives exactly the base model). The base weights never change: only adapter
+tensors are handed to the optimizer. A step whose loss or gradient is not finite is
+undone (adapter and optimizer restored) and logged.
+
+Target modules: the temporal attention projections (``transformer_in`` and every
+``temp_attentions`` block); ``spatial+temporal`` adds the spatial attention.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from worldmodel.model import VideoWorldModel
+
+ADAPTER = "temp_lora"
+TARGETS = {
+    "temporal": r".*(temp_attentions|transformer_in).*\.(to_q|to_k|to_v|to_out\.0)",
+    "spatial+temporal": r".*(attentions|transformer_in).*\.(to_q|to_k|to_v|to_out\.0)",
+}
+VARIANTS = ("local", "original", "global")
+MEMORY_MODES = ("none", "anchor-frame", "temp-lora")
+
+log = logging.getLogger(__name__)
+
+
+class EpisodeMemoryError(ValueError):
+    pass
+
+
+@dataclass
+class MemoryConfig:
+    rank: int = 32
+    alpha: float = 32.0
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    steps: int = 1
+    variant: str = "local"
+    targets: str = "temporal"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise EpisodeMemoryError(f"unknown Temp-LoRA variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.targets not in TARGETS:
+            raise EpisodeMemoryError(f"unknown Temp-LoRA targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
+        if self.steps < 0 or self.rank < 1:
+            raise EpisodeMemoryError(f"Temp-LoRA needs steps >= 0 and rank >= 1, got {self.steps}, {self.rank}")
+
+
+def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
+    """Adds the (zero) adapter to the model's UNet once; later calls reuse it."""
+    if getattr(model.unet, "_temp_lora_config", None) is not None:
+        return
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TARGETS[config.targets],
+                      lora_dropout=0.0, init_lora_weights=True)
+    inject_adapter_in_model(lora, model.unet, adapter_name=ADAPTER)
+    model.unet._temp_lora_config = config
+
+
+def adapter_parameters(unet) -> list[torch.nn.Parameter]:
+    return [p for n, p in unet.named_parameters() if f".{ADAPTER}." in n or n.endswith(f".{ADAPTER}")]
+
+
+def base_parameters(unet) -> list[torch.nn.Parameter]:
+    return [p for n, p in unet.named_parameters() if "lora_" not in n]
+
+
+class EpisodeMemory:
+    def __init__(self, model: VideoWorldModel, config: MemoryConfig | None = None):
+        self.model = model
+        self.config = config or MemoryConfig()
+        inject(model, self.config)
+        self.params = adapter_parameters(model.unet)
+        self._initial = [p.detach().clone() for p in self.params]
+        self.history: torch.Tensor | None = None
+        self.losses: list[float] = []
+        self.rollbacks = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh episode: adapter back to its initial (zero-effect) state, new optimizer."""
+        with torch.no_grad():
+            for p, p0 in zip(self.params, self._initial):
+                p.copy_(p0)
+        self.optimizer = torch.optim.Adam(self.params, lr=self.config.lr, betas=self.config.betas,
+                                          weight_decay=0.0)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.history = None
+        self.losses = []
+        self.rollbacks = 0
+
+    # --- fast learning ----------------------------------------------------------------
+    def training_window(self, previous: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The latents one update trains on, and how many leading frames are clean context."""
+        cfg = self.model.config
+        if self.config.variant == "original":
+            return torch.cat([previous, new], dim=2), previous.shape[2]
+        if self.config.variant == "global" and self.history is not None and self.history.shape[2] > cfg.window:
+            last_start = self.history.shape[2] - cfg.window
+            start = int(torch.randint(0, last_start + 1, (1,), generator=self.generator))
+            return self.history[:, :, start:start + cfg.window], 0
+        return torch.cat([previous, new], dim=2)[:, :, -cfg.window:], 0
+
+    def _loss(self, window: torch.Tensor, clean_frames: int) -> torch.Tensor:
+        empty = self.model.empty_text(window.shape[0])
+        if clean_frames:
+            context, target = window[:, :, :clean_frames], window[:, :, clean_frames:]
+            fc = self.model.config.context_frames
+            context = context[:, :, -fc:]
+            if context.shape[2] < fc:
+                pad = torch.zeros(*context.shape[:2], fc - context.shape[2], *context.shape[3:])
+                context = torch.cat([pad, context], dim=2)
+            context_len = torch.full((window.shape[0],), min(clean_frames, fc), dtype=torch.long)
+            return self.model.training_loss(context, context_len, target, empty, self.generator)
+        return self.model.whole_window_loss(window, empty, self.generator)
+
+    def update(self, previous: torch.Tensor, new: torch.Tensor) -> list[float]:
+        """Fast learning after one chunk: ``steps`` Adam steps on the adapter only."""
+        sequence = torch.cat([previous, new], dim=2) if self.history is None else torch.cat([self.history, new], dim=2)
+        self.history = sequence.detach()
+        window, clean = self.training_window(previous.detach(), new.detach())
+        unet = self.model.unet
+        was_training = unet.training
+        unet.train()
+        base_flags = [p.requires_grad for p in base_parameters(unet)]
+        for p in base_parameters(unet):
+            p.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        losses = []
+        try:
+            for _ in range(self.config.steps):
+                saved = [p.detach().clone() for p in self.params]
+                saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+                loss = self._loss(window, clean)
+                self.optimizer.zero_grad()
+                loss.backward()
+                grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params)
+                if not torch.isfinite(loss) or not grads_finite:
+                    self._rollback(saved, saved_optimizer, loss)
+                    continue
+                self.optimizer.step()
+                if not all(torch.isfinite(p).all() for p in self.params):
+                    self._rollback(saved, saved_optimizer, loss)
+                    continue
+                losses.append(loss.item())
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            for p, flag in zip(base_parameters(unet), base_flags):
+                p.requires_grad_(flag)
+            unet.train(was_training)
+        self.losses += losses
+        return losses
+
+    def _rollback(self, saved: list[torch.Tensor], optimizer_state: dict, loss: torch.Tensor) -> None:
+        with torch.no_grad():
+            for p, value in zip(self.params, saved):
+                p.copy_(value)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.rollbacks += 1
+        log.warning("Temp-LoRA step rolled back: non-finite loss or gradient (loss=%s)", float(loss))
+
+    # --- persistence --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model.unet, adapter_name=ADAPTER).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        result = set_peft_model_state_dict(self.model.unet, state, adapter_name=ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise EpisodeMemoryError(f"memory file does not fit this world model (unexpected: {unexpected[:3]})")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path,
+                  metadata={"rank": str(self.config.rank), "targets": self.config.targets,
+                            "variant": self.config.variant})
+        return path
+
+    def load(self, path: str | Path) -> None:
+        try:
+            self.load_state_dict(load_file(str(path)))
+        except EpisodeMemoryError:
+            raise
+        except Exception as error:  # missing, corrupt, or made for another model
+            raise EpisodeMemoryError(f"cannot load episode memory {path}: {error}") from None

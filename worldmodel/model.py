@@ -1,0 +1,233 @@
+"""Masked conditional video diffusion (paper Sec. 3.1.1, 3.2 "Generation").
+
+The UNet sees ``context_frames`` clean context slots followed by ``chunk_frames``
+noised frames on the frame axis. Two extra input channels say, per frame, whether a
+slot holds a clean context frame (mask) and where the frame sits in the window
+(position), so any f_p from 0 to ``context_frames`` works: empty slots are zeros with
+mask 0. f_p = 0 is the "no image" condition of three-way classifier-free guidance.
+Only the noised frames count in the loss and only they are updated while sampling;
+the clean context is re-inserted unchanged at every step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet3DConditionModel
+
+from worldmodel.latent import SpaceToDepth
+from worldmodel.text import ENCODERS, TextEncoder
+
+CONFIG_NAME = "worldmodel.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class WorldModelConfig:
+    image_size: int = 64
+    latent_factor: int = 4
+    latent_scale: float = 1.0
+    context_frames: int = 4
+    chunk_frames: int = 8
+    block_out_channels: tuple[int, ...] = (48, 96)
+    down_block_types: tuple[str, ...] = ("DownBlock3D", "CrossAttnDownBlock3D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock3D", "UpBlock3D")
+    layers_per_block: int = 1
+    attention_head_dim: int = 4
+    norm_num_groups: int = 16
+    text_encoder: str = "all-MiniLM-L6-v2"
+    num_train_timesteps: int = 1000
+    sample_steps: int = 20
+    image_guidance: float = 2.0
+    text_guidance: float = 5.0
+    task: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.latent_factor**2
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.latent_factor
+
+    @property
+    def window(self) -> int:
+        return self.context_frames + self.chunk_frames
+
+
+def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
+    return UNet3DConditionModel(
+        sample_size=config.latent_size,
+        in_channels=config.latent_channels + 2,
+        out_channels=config.latent_channels,
+        down_block_types=tuple(config.down_block_types),
+        up_block_types=tuple(config.up_block_types),
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        cross_attention_dim=ENCODERS[config.text_encoder],
+        attention_head_dim=config.attention_head_dim,
+    )
+
+
+class VideoWorldModel:
+    """UNet + schedulers + latent space + text encoder, saved and loaded as one folder."""
+
+    def __init__(self, config: WorldModelConfig, unet: UNet3DConditionModel | None = None,
+                 text_encoder: TextEncoder | None = None):
+        self.config = config
+        self.unet = unet if unet is not None else build_unet(config)
+        self.latent = SpaceToDepth(config.latent_factor, config.latent_scale)
+        self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
+        self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
+                                             prediction_type="epsilon")
+        self.sampler = DPMSolverMultistepScheduler.from_config(self.train_scheduler.config)
+
+    # --- inputs -------------------------------------------------------------------------
+    def empty_text(self, batch: int) -> torch.Tensor:
+        return self.text_encoder([""] * batch)
+
+    @staticmethod
+    def unet_input(frames: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, h, w) frames + (B, F) clean-context flags -> UNet input with mask and position."""
+        b, _, f, h, w = frames.shape
+        position = torch.linspace(-1, 1, f, device=frames.device).expand(b, -1)
+        extra = torch.stack([clean.float(), position], dim=1)[..., None, None].expand(-1, -1, -1, h, w)
+        return torch.cat([frames, extra], dim=1)
+
+    def window_input(self, context: torch.Tensor, context_len: torch.Tensor,
+                     noisy: torch.Tensor) -> torch.Tensor:
+        """Clean context slots + noised frames + mask and position channels.
+
+        ``context`` (B, C, context_frames, h, w) holds real frames right-aligned:
+        slots before ``context_frames - context_len`` are emptied.
+        """
+        b, _, fc = context.shape[:3]
+        slot = torch.arange(fc, device=context.device)
+        valid = (slot[None, :] >= fc - context_len.to(context.device)[:, None]).float()  # (B, fc)
+        frames = torch.cat([context * valid[:, :, None, None][:, None], noisy], dim=2)
+        clean = torch.cat([valid, torch.zeros(b, noisy.shape[2], device=context.device)], dim=1)
+        return self.unet_input(frames, clean)
+
+    def predict_noise(self, context, context_len, noisy, timesteps, text_embeddings) -> torch.Tensor:
+        sample = self.window_input(context, context_len, noisy)
+        out = self.unet(sample, timesteps, encoder_hidden_states=text_embeddings).sample
+        return out[:, :, context.shape[2]:]
+
+    # --- training (Eq. 2) ---------------------------------------------------------------
+    def training_loss(self, context, context_len, target, text_embeddings,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(target.shape, generator=generator)
+        t = torch.randint(0, self.config.num_train_timesteps, (target.shape[0],), generator=generator)
+        noisy = self.train_scheduler.add_noise(target, noise, t)
+        predicted = self.predict_noise(context, context_len, noisy, t, text_embeddings)
+        return F.mse_loss(predicted, noise)
+
+    def whole_window_loss(self, frames: torch.Tensor, text_embeddings: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eq. 3: every frame of the window noised at one random t, none clean, loss on all."""
+        noise = torch.randn(frames.shape, generator=generator)
+        t = torch.randint(0, self.config.num_train_timesteps, (frames.shape[0],), generator=generator)
+        noisy = self.train_scheduler.add_noise(frames, noise, t)
+        clean = torch.zeros(frames.shape[0], frames.shape[2])
+        predicted = self.unet(self.unet_input(noisy, clean), t, encoder_hidden_states=text_embeddings).sample
+        return F.mse_loss(predicted, noise)
+
+    # --- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_chunk(self, context: torch.Tensor, texts: list[str], context_len: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, num_steps: int | None = None,
+                       image_guidance: float | None = None, text_guidance: float | None = None,
+                       unet=None) -> torch.Tensor:
+        """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
+
+        Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), with the
+        three passes (no image + no text, image + no text, image + text) in one batch.
+        """
+        cfg = self.config
+        unet = unet or self.unet
+        b, c, fp, h, w = context.shape
+        if fp > cfg.context_frames:
+            context = context[:, :, -cfg.context_frames:]
+            fp = cfg.context_frames
+        if context_len is None:
+            context_len = torch.full((b,), fp, dtype=torch.long)
+        if fp < cfg.context_frames:
+            pad = torch.zeros(b, c, cfg.context_frames - fp, h, w)
+            context = torch.cat([pad, context], dim=2)
+        g_i = cfg.image_guidance if image_guidance is None else image_guidance
+        g_t = cfg.text_guidance if text_guidance is None else text_guidance
+        text = self.text_encoder(texts)
+        empty = self.empty_text(b)
+        ctx3 = torch.cat([context, context, context])
+        len3 = torch.cat([torch.zeros_like(context_len), context_len, context_len])
+        txt3 = torch.cat([empty, empty, text])
+        sampler = DPMSolverMultistepScheduler.from_config(self.sampler.config)
+        sampler.set_timesteps(num_steps or cfg.sample_steps)
+        latents = torch.randn((b, c, cfg.chunk_frames, h, w), generator=generator) * sampler.init_noise_sigma
+        was_training = unet.training
+        unet.eval()
+        for t in sampler.timesteps:
+            sample = self.window_input(ctx3, len3, torch.cat([latents] * 3))
+            eps = unet(sample, t, encoder_hidden_states=txt3).sample[:, :, cfg.context_frames:]
+            e_u, e_i, e_t = eps.chunk(3)
+            guided = e_u + g_i * (e_i - e_u) + g_t * (e_t - e_i)
+            latents = sampler.step(guided, t, latents).prev_sample
+        unet.train(was_training)
+        return latents
+
+    @torch.no_grad()
+    def rollout(self, first_frame: np.ndarray, texts: list[str], seed: int = 0,
+                after_chunk=None, progress=None) -> np.ndarray:
+        """A long video: one chunk per text, each conditioned on the last frames so far.
+
+        Generation stays in latent space between chunks. ``after_chunk(previous, new)``
+        is called with the latents of the input and the new chunk (Temp-LoRA's hook).
+        Returns (1 + len(texts) * chunk_frames, H, W, 3) uint8 frames.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        video = self.latent.encode(np.asarray(first_frame)[None, None])
+        for text in (progress(texts) if progress else texts):
+            context = video[:, :, -self.config.context_frames:]
+            chunk = self.generate_chunk(context, [text], generator=generator)
+            if after_chunk is not None:
+                after_chunk(context, chunk)
+            video = torch.cat([video, chunk], dim=2)
+        return self.latent.decode(video)[0]
+
+    # --- persistence --------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = asdict(self.config)
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        # A converted copy: casting the live UNet down and back would round its weights.
+        copy.deepcopy(self.unet).to(dtype).save_pretrained(path / "unet", safe_serialization=True)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, text_encoder: TextEncoder | None = None) -> "VideoWorldModel":
+        path = Path(path)
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            raise CheckpointError(f"no world model at {path} (missing {CONFIG_NAME}); train one with "
+                                  "`slowfast train --task TASK --data DIR --out DIR`")
+        try:
+            values = json.loads(config_file.read_text())
+            for key in ("block_out_channels", "down_block_types", "up_block_types"):
+                values[key] = tuple(values[key])
+            config = WorldModelConfig(**values)
+            unet = UNet3DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32)
+        except Exception as error:  # corrupt JSON, safetensors or shapes: one clear message
+            raise CheckpointError(f"world model checkpoint at {path} is unreadable: {error}; "
+                                  "retrain it or restore the folder") from None
+        return cls(config, unet.eval(), text_encoder)

@@ -1,0 +1,225 @@
+"""Slow learning (``slowfast train``): the masked conditional diffusion loss over a dataset.
+
+One file, top to bottom: config -> data -> model -> loop. HF Accelerate runs the same
+loop on a CPU, one GPU or many (``accelerate launch -m agent.cli train ...``).
+
+Run folder (DIAMOND-style): ``OUT/config.yaml`` (this job's config), ``OUT/log.csv``,
+``OUT/state/`` (model, EMA, optimizer, RNG and step: what ``--resume`` needs),
+``OUT/worldmodel.json`` + ``OUT/unet/`` (EMA weights, fp16: what generation loads) and
+``OUT/resume.sh``. Data order is a function of (seed, epoch), so a resumed run skips
+exactly the batches it had already seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from envs.dataset import ChunkDataset, load_dataset
+from worldmodel.model import VideoWorldModel, WorldModelConfig
+
+
+@dataclass
+class TrainConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task the data was collected for"})
+    data: str = field(default="data/return_cubes", metadata={"help": "dataset folder from `slowfast collect`"})
+    out: str = field(default="runs/worldmodel", metadata={"help": "run folder (checkpoint + logs)"})
+    seed: int = field(default=0, metadata={"help": "seed for init, noise and data order"})
+    max_steps: int = field(default=2000, metadata={"help": "optimizer steps in total"})
+    batch_size: int = field(default=8, metadata={"help": "chunks per step"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the sampling weights"})
+    drop_image_prob: float = field(default=0.1, metadata={"help": "P(no context) for 3-way CFG"})
+    drop_text_prob: float = field(default=0.1, metadata={"help": "P(empty text) for 3-way CFG"})
+    shorten_context_prob: float = field(default=0.3, metadata={"help": "P(random shorter f_p)"})
+    val_episodes: int = field(default=4, metadata={"help": "episodes held out for validation loss"})
+    save_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "steps between log rows"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/state"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    context_frames: int = field(default=4, metadata={"help": "context window f_p max"})
+    block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
+    attention_head_dim: int = field(default=4, metadata={"help": "UNet attention heads"})
+    norm_num_groups: int = field(default=16, metadata={"help": "UNet GroupNorm groups"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (0 < self.lr < 1):
+            raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+
+
+def _split(num_episodes: int, val_episodes: int) -> tuple[list[int], list[int]]:
+    val = min(val_episodes, max(0, num_episodes - 1))
+    return list(range(num_episodes - val)), list(range(num_episodes - val, num_episodes))
+
+
+def _latent_scale(dataset: ChunkDataset, factor: int) -> float:
+    """1 / std of the pixel latents, so diffusion noise and data have comparable scale."""
+    frames = [dataset.data.load_episode(e)["frames"][::16] for e in range(min(8, len(dataset.data)))]
+    x = np.concatenate(frames).astype(np.float32) / 127.5 - 1.0
+    return float(1.0 / max(x.std(), 1e-3))
+
+
+def _batch_to_latents(model: VideoWorldModel, batch: dict) -> tuple:
+    context = model.latent.encode(batch["context"])
+    target = model.latent.encode(batch["target"])
+    return context, batch["context_len"].long(), target
+
+
+def _condition_dropout(cfg: TrainConfig, context_len: torch.Tensor, texts: list[str],
+                       rng: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    b = len(texts)
+    u = torch.rand(b, 3, generator=rng)
+    shorter = (torch.rand(b, generator=rng) * context_len.float()).long() + 1
+    context_len = torch.where(u[:, 0] < cfg.shorten_context_prob, torch.minimum(shorter, context_len), context_len)
+    context_len = torch.where(u[:, 1] < cfg.drop_image_prob, torch.zeros_like(context_len), context_len)
+    texts = ["" if u[i, 2] < cfg.drop_text_prob else t for i, t in enumerate(texts)]
+    return context_len, texts
+
+
+@torch.no_grad()
+def validation_loss(model: VideoWorldModel, loader: DataLoader, seed: int) -> float:
+    rng = torch.Generator().manual_seed(seed)
+    losses = []
+    model.unet.eval()
+    for batch in loader:
+        context, context_len, target = _batch_to_latents(model, batch)
+        text = model.text_encoder(batch["text"])
+        losses.append(model.training_loss(context, context_len, target, text, generator=rng).item())
+    model.unet.train()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    state_dir = out / "state"
+    if cfg.resume and not (state_dir / "progress.json").is_file():
+        raise ValueError(f"--resume: no training state in {state_dir}; start without --resume")
+    if not cfg.resume and state_dir.exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    data = load_dataset(cfg.data)
+    if data.info["task"] != cfg.task:
+        raise ValueError(f"--data {cfg.data} holds task {data.info['task']!r}, not --task {cfg.task!r}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    train_eps, val_eps = _split(len(data), cfg.val_episodes)
+    train_set = ChunkDataset(cfg.data, cfg.context_frames, train_eps)
+    val_set = ChunkDataset(cfg.data, cfg.context_frames, val_eps)
+
+    model_config = WorldModelConfig(
+        image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
+        chunk_frames=int(data.info["chunk_frames"]), block_out_channels=tuple(cfg.block_out_channels),
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
+        latent_scale=_latent_scale(train_set, 4))
+    model = VideoWorldModel(model_config)
+    unet = model.unet
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
+    unet, optimizer, schedule = accelerator.prepare(unet, optimizer, schedule)
+    model.unet = unet
+    accelerator.register_for_checkpointing(ema)
+
+    step = 0
+    if cfg.resume:
+        accelerator.load_state(str(state_dir))
+        step = json.loads((state_dir / "progress.json").read_text())["step"]
+    else:
+        (out / "config.yaml").write_text(_yaml(cfg))
+        (out / "resume.sh").write_text(
+            "#!/usr/bin/env bash\n" + shlex.join(["slowfast", "train", "--config", str(out / "config.yaml"),
+                                                  "--resume"]) + "\n")
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False)
+    log_path = out / "log.csv"
+    new_log = not log_path.exists() or not cfg.resume
+    log_file = log_path.open("w" if new_log else "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", "loss", "val_loss", "lr", "seconds"])
+    noise_rng = torch.Generator()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.task}", disable=not cfg.progress)
+    started, running = time.time(), []
+    unet.train()
+    while step < cfg.max_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = torch.Generator().manual_seed(cfg.seed + epoch)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=order, drop_last=True)
+        loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+        for batch in loader:
+            # Seeded per step, so a resumed run draws the same noise as an unbroken one.
+            noise_rng.manual_seed(cfg.seed * 1_000_003 + step)
+            context, context_len, target = _batch_to_latents(model, batch)
+            context_len, texts = _condition_dropout(cfg, context_len, list(batch["text"]), noise_rng)
+            loss = model.training_loss(context, context_len, target, model.text_encoder(texts), noise_rng)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}; resume from the last checkpoint "
+                                         f"with a lower --lr (`bash {out / 'resume.sh'}`)")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            ema.step(unet.parameters())
+            step += 1
+            running.append(loss.item())
+            bar.update(1)
+            val = ""
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                val = validation_loss(model, val_loader, cfg.seed)
+                _checkpoint(accelerator, model, ema, out, step)
+            if step % cfg.log_every == 0 or val != "":
+                log.writerow([step, float(np.mean(running)), val, schedule.get_last_lr()[0],
+                              round(time.time() - started, 1)])
+                log_file.flush()
+                bar.set_postfix(loss=f"{np.mean(running):.4f}")
+                running = []
+            if step >= cfg.max_steps:
+                break
+    bar.close()
+    log_file.close()
+    return {"step": step, "out": str(out), "seconds": round(time.time() - started, 1)}
+
+
+def _checkpoint(accelerator: Accelerator, model: VideoWorldModel, ema: EMAModel, out: Path, step: int) -> None:
+    state_dir = out / "state"
+    accelerator.save_state(str(state_dir))
+    (state_dir / "progress.json").write_text(json.dumps({"step": step}))
+    unet = accelerator.unwrap_model(model.unet)
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    VideoWorldModel(model.config, unet, model.text_encoder).save_pretrained(out)
+    ema.restore(unet.parameters())
+
+
+def _yaml(cfg: TrainConfig) -> str:
+    from agent.config import to_yaml
+
+    return to_yaml(cfg)
+
+
+def run_train_command(cfg: TrainConfig) -> int:
+    print(json.dumps(run_train(cfg)))
+    return 0
