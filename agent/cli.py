@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import random
 import sys
 from dataclasses import dataclass, field
@@ -13,10 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import ConfigError, parse, to_yaml
-
-DEFAULT_CHECKPOINTS = Path(os.environ.get("SLOWFAST_CHECKPOINTS",
-                                          Path(__file__).resolve().parents[1] / "checkpoints"))
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -109,37 +104,6 @@ def run_envs(cfg: EnvsConfig) -> int:
     return 0
 
 
-@dataclass
-class PlanConfig:
-    task: str = field(default="return_cubes", metadata={"help": "task name"})
-    backend: str = field(default="embedded", metadata={"help": "simulator backend"})
-    memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
-    checkpoint: str | None = field(default=None, metadata={
-        "help": "folder with worldmodel/ and idm/ (default: the shipped checkpoints/TASK)"})
-    seed: int = field(default=0, metadata={"help": "episode seed"})
-    out: str = field(default="runs/plan", metadata={"help": "output folder"})
-
-    def __post_init__(self) -> None:
-        if self.memory not in ("none", "anchor-frame", "temp-lora"):
-            raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
-
-
-def run_plan(cfg: PlanConfig) -> int:
-    _check_task_backend(cfg.task, cfg.backend)
-    root = Path(cfg.checkpoint) if cfg.checkpoint else DEFAULT_CHECKPOINTS / cfg.task
-    missing = [name for name in ("worldmodel", "idm") if not (root / name).is_dir()]
-    if missing:
-        data = f"data/{cfg.task}"
-        makers = {
-            "worldmodel": f"slowfast train --task {cfg.task} --data {data} --out {root / 'worldmodel'}",
-            "idm": f"slowfast train-idm --task {cfg.task} --data {data} --out {root / 'idm'}",
-        }
-        how = "; ".join(makers[m] for m in missing)
-        raise ConfigError(f"no {' or '.join(missing)} checkpoint in {root}; collect data with "
-                          f"`slowfast collect --task {cfg.task} --out {data}`, then run: {how}")
-    raise ConfigError(f"checkpoints found in {root}, but this version has no planning loop yet")
-
-
 # name -> (module, config class, run function, description); imported only when
 # called, so `slowfast collect` does not pay for loading diffusers.
 COMMANDS = {
@@ -151,7 +115,7 @@ COMMANDS = {
                   "train the inverse-dynamics model (frame pair -> action) on a dataset"),
     "generate": ("worldmodel.generate", "GenerateConfig", "run_generate",
                  "imagine a long video for a list of action texts from a simulator's first frame"),
-    "plan": ("agent.cli", "PlanConfig", "run_plan",
+    "plan": ("agent.plan", "PlanConfig", "run_plan",
              "plan and execute a long-horizon goal with the world model"),
     "envs": ("agent.cli", "EnvsConfig", "run_envs",
              "list tasks and simulator backends and whether they can run here"),

@@ -186,6 +186,10 @@ class CubesEnv(gym.Env):
     def goal_text(self) -> str:
         return task.goal_text(self.layout.colours)
 
+    def subgoal_context(self) -> dict:
+        """What a decomposer may know of the episode: which cubes exist."""
+        return {"colours": self.layout.colours}
+
     def subgoals(self) -> list:
         return task.canonical_subgoals(self.layout)
 

@@ -113,6 +113,9 @@ class CrafterRetraceEnv(gym.Env):
     def goal_text(self) -> str:
         return task.goal_text(self.legs)
 
+    def subgoal_context(self) -> dict:
+        return {}
+
     def subgoals(self) -> list[Subgoal]:
         return task.canonical_subgoals(self.legs)
 

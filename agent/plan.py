@@ -1,0 +1,111 @@
+"""``plan``: decompose a goal, imagine and execute it, and write what happened.
+
+Outputs in ``OUT``: ``episode.json`` (task, backend, seed, memory, subgoals, distance,
+success, seconds, chunks, and timings), ``imagined.mp4``, ``executed.mp4``,
+``side_by_side.gif`` (imagined | executed) and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import envs
+import tasks
+from agent.config import ConfigError, to_yaml
+from agent.decompose import rules
+from agent.planner import Planner
+from inverse_dynamics.model import InverseDynamicsModel
+from worldmodel.generate import DEFAULT_CHECKPOINTS
+from worldmodel.memory import MEMORY_MODES, MemoryConfig
+from worldmodel.model import VideoWorldModel
+from worldmodel.video_io import write_video
+
+
+@dataclass
+class PlanConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task name"})
+    backend: str = field(default="embedded", metadata={"help": "simulator backend"})
+    memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "folder with worldmodel/ and idm/ (default: the shipped checkpoints/TASK)"})
+    worldmodel: str | None = field(default=None, metadata={"help": "world model folder (overrides --checkpoint)"})
+    seed: int = field(default=0, metadata={"help": "episode seed"})
+    out: str = field(default="runs/plan", metadata={"help": "output folder"})
+    goal: str | None = field(default=None, metadata={"help": "goal text (default: the episode's own goal)"})
+    llm: str = field(default="rules", metadata={"help": "decomposer: rules"})
+    closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
+    memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
+    memory_variant: str = field(default="local", metadata={"help": "Temp-LoRA variant: local | original | global"})
+    videos: bool = field(default=True, metadata={"help": "write mp4/gif videos"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.memory not in MEMORY_MODES:
+            raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
+        if self.llm not in ("rules",):
+            raise ConfigError(f"--llm must be rules, got {self.llm!r}")
+
+
+def checkpoint_paths(cfg: PlanConfig) -> tuple[Path, Path]:
+    root = Path(cfg.checkpoint) if cfg.checkpoint else DEFAULT_CHECKPOINTS / cfg.task
+    world = Path(cfg.worldmodel) if cfg.worldmodel else root / "worldmodel"
+    idm = root / "idm"
+    missing = [p for p in (world, idm) if not p.is_dir()]
+    if missing:
+        data = f"data/{cfg.task}"
+        makers = {world: f"slowfast train --task {cfg.task} --data {data} --out {world}",
+                  idm: f"slowfast train-idm --task {cfg.task} --data {data} --out {idm}"}
+        raise ConfigError(f"missing checkpoint {', '.join(map(str, missing))}; collect data with "
+                          f"`slowfast collect --task {cfg.task} --out {data}`, then run: "
+                          + "; ".join(makers[m] for m in missing))
+    return world, idm
+
+
+def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDynamicsModel) -> dict:
+    task = tasks.get(cfg.task)
+    env = envs.make(cfg.task, cfg.backend)
+    env.reset(seed=cfg.seed)
+    goal = cfg.goal or env.goal_text()
+    subgoals = rules(cfg.task, goal, env.subgoal_context())
+    planner = Planner(world_model, idm, cfg.memory, MemoryConfig(steps=cfg.memory_steps, variant=cfg.memory_variant,
+                                                                  seed=cfg.seed), cfg.closed_loop)
+    bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
+    started = time.time()
+    metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar)
+    seconds = time.time() - started
+    env.close()
+    episode = {
+        "task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "memory": cfg.memory, "goal": goal,
+        "subgoals": [s.text for s in subgoals], "distance": metric["distance"], "success": metric["success"],
+        "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
+        "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
+        "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,
+        "closed_loop": cfg.closed_loop,
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    (out / "episode.json").write_text(json.dumps(episode, indent=2))
+    if cfg.videos:
+        fps = envs.make(cfg.task, cfg.backend).metadata["render_fps"]
+        imagined, executed = np.stack(record.imagined), np.stack(record.executed)
+        n = min(len(imagined), len(executed))
+        write_video(out / "imagined.mp4", imagined, fps)
+        write_video(out / "executed.mp4", executed, fps)
+        gap = np.full((n, imagined.shape[1], 2, 3), 255, np.uint8)
+        write_video(out / "side_by_side.gif", np.concatenate([imagined[:n], gap, executed[:n]], axis=2), fps, scale=2)
+    return episode
+
+
+def run_plan(cfg: PlanConfig) -> int:
+    envs.factory(cfg.task, cfg.backend)
+    world_path, idm_path = checkpoint_paths(cfg)
+    episode = plan_episode(cfg, VideoWorldModel.from_pretrained(world_path), InverseDynamicsModel.from_pretrained(idm_path))
+    print(json.dumps({k: episode[k] for k in ("task", "memory", "seed", "distance", "success", "seconds", "chunks")}))
+    return 0

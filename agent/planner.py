@@ -1,0 +1,90 @@
+"""Video planning (paper Sec. 3.4): imagine each subgoal's chunks, act them out with the IDM.
+
+For every chunk of a subgoal the world model imagines ``chunk_frames`` frames from the
+current context; the inverse-dynamics model turns each consecutive pair of frames
+into an action, which the simulator executes. Temp-LoRA (if on) is updated after
+every chunk, across the whole episode.
+
+Context: closed loop (default) encodes the latest *real* observations, so imagination
+is re-anchored to what actually happened after every chunk; open loop keeps
+conditioning on the imagined video, as pure video planning does. ``anchor-frame``
+memory puts the episode's first frame in the oldest context slot (Streaming-T2V-like).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from inverse_dynamics.model import InverseDynamicsModel
+from tasks.base import Subgoal
+from worldmodel.memory import MEMORY_MODES, EpisodeMemory, MemoryConfig
+from worldmodel.model import VideoWorldModel
+
+
+@dataclass
+class EpisodeRecord:
+    imagined: list[np.ndarray] = field(default_factory=list)
+    executed: list[np.ndarray] = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    chunk_seconds: list[float] = field(default_factory=list)
+    memory_seconds: list[float] = field(default_factory=list)
+    memory_losses: list[float] = field(default_factory=list)
+
+
+class Planner:
+    def __init__(self, world_model: VideoWorldModel, idm: InverseDynamicsModel, memory: str = "temp-lora",
+                 memory_config: MemoryConfig | None = None, closed_loop: bool = True):
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+        self.model = world_model
+        self.idm = idm
+        self.memory_mode = memory
+        self.closed_loop = closed_loop
+        self.memory = EpisodeMemory(world_model, memory_config) if memory == "temp-lora" else None
+
+    def _context(self, real: list[np.ndarray], imagined: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        fc = self.model.config.context_frames
+        if self.closed_loop:
+            recent = self.model.latent.encode(np.stack(real[-fc:])[None])
+        else:
+            recent = imagined[:, :, -fc:]
+        if self.memory_mode == "anchor-frame" and recent.shape[2] >= fc:
+            return torch.cat([anchor, recent[:, :, -(fc - 1):]], dim=2)
+        return recent
+
+    def run(self, env, subgoals: list[Subgoal], seed: int, frames_for, progress=None) -> tuple[dict, EpisodeRecord]:
+        """One episode; ``frames_for(subgoal)`` is the task's frame budget for a subgoal."""
+        chunk = self.model.config.chunk_frames
+        obs, _ = env.reset(seed=seed)
+        if self.memory is not None:
+            self.memory.reset()
+        generator = torch.Generator().manual_seed(seed)
+        record = EpisodeRecord(imagined=[obs["rgb"]], executed=[obs["rgb"]])
+        anchor = self.model.latent.encode(obs["rgb"][None, None])
+        imagined_latents = anchor
+        plan = [(s, i) for s in subgoals for i in range(max(1, frames_for(s) // chunk))]
+        steps = progress(plan) if progress else plan
+        for subgoal, index in steps:
+            if index == 0:
+                env.start_subgoal(subgoal)
+            context = self._context(record.executed, imagined_latents, anchor)
+            began = time.perf_counter()
+            new = self.model.generate_chunk(context, [subgoal.text], generator=generator)
+            record.chunk_seconds.append(time.perf_counter() - began)
+            if self.memory is not None:
+                began = time.perf_counter()
+                record.memory_losses += self.memory.update(context, new)
+                record.memory_seconds.append(time.perf_counter() - began)
+            imagined_latents = torch.cat([imagined_latents, new], dim=2)
+            frames = self.model.latent.decode(new)[0]
+            before = np.concatenate([record.executed[-1][None], frames[:-1]])
+            for action in self.idm.predict(before, frames):
+                obs, *_ = env.step(action)
+                record.executed.append(obs["rgb"])
+                record.actions.append(action)
+            record.imagined += list(frames)
+        return env.metric(), record

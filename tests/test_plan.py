@@ -1,0 +1,55 @@
+import json
+
+import pytest
+import torch
+
+from agent.cli import main
+from agent.decompose import DecompositionError, rules, validate
+from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec
+from tasks import retrace
+from worldmodel.model import VideoWorldModel, WorldModelConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    for task in ("retrace", "return_cubes"):
+        VideoWorldModel(WorldModelConfig(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8,
+                                         sample_steps=2, task=task)).save_pretrained(root / task / "worldmodel")
+        continuous, classes = action_spec(task)
+        InverseDynamicsModel(IDMConfig(task=task, continuous_dim=continuous, discrete_classes=classes,
+                                       width=8)).save_pretrained(root / task / "idm")
+    return root
+
+
+@pytest.mark.parametrize("memory", ["none", "anchor-frame", "temp-lora"])
+def test_plan_runs_a_whole_retrace_episode(tiny_checkpoints, tmp_path, memory, capsys):
+    out = tmp_path / memory
+    code = main(["plan", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"),
+                 "--memory", memory, "--seed", "3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    episode = json.loads((out / "episode.json").read_text())
+    assert {"task", "backend", "seed", "memory", "subgoals", "distance", "success", "seconds", "chunks"} <= set(episode)
+    assert episode["memory"] == memory and episode["subgoals"][-1] == retrace.RETRACE_TEXT
+    legs = len(episode["subgoals"]) - 1
+    assert episode["chunks"] == 2 * legs
+    assert episode["distance"] >= 0 and isinstance(episode["success"], bool)
+    for name in ("imagined.mp4", "executed.mp4", "side_by_side.gif"):
+        assert (out / name).stat().st_size > 1000
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["distance"] == episode["distance"]
+
+
+def test_decomposition_is_validated_against_templates():
+    context = {"colours": ("red", "blue")}
+    subgoals = rules("return_cubes", "move the red and blue cubes aside, then put each back where it started",
+                     context)
+    assert [s.kind for s in subgoals] == ["move", "move", "return", "return"]
+    with pytest.raises(DecompositionError, match="not one of the task's templates"):
+        validate("return_cubes", ["move the red cube to the moon"], context)
+    with pytest.raises(DecompositionError, match="retrace subgoal"):
+        validate("retrace", ["go left for 3 steps"], {})
+    legs = rules("retrace", "walk 4 steps west, then head north for three steps, then retrace your way home", {})
+    assert [s.text for s in legs] == ["go left for 4 steps", "go up for 3 steps", retrace.RETRACE_TEXT]
+    assert legs[-1].params["legs"] == 2
