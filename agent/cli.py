@@ -117,6 +117,8 @@ COMMANDS = {
                  "imagine a long video for a list of action texts from a simulator's first frame"),
     "plan": ("agent.plan", "PlanConfig", "run_plan",
              "plan and execute a long-horizon goal with the world model"),
+    "evaluate": ("agent.evaluate", "EvaluateConfig", "run_evaluate",
+                 "compare memory variants on held-out seeds (paper Table 2): results, table, plot, videos"),
     "envs": ("agent.cli", "EnvsConfig", "run_envs",
              "list tasks and simulator backends and whether they can run here"),
 }

@@ -38,7 +38,9 @@ class PlanConfig:
     seed: int = field(default=0, metadata={"help": "episode seed"})
     out: str = field(default="runs/plan", metadata={"help": "output folder"})
     goal: str | None = field(default=None, metadata={"help": "goal text (default: the episode's own goal)"})
-    llm: str = field(default="rules", metadata={"help": "decomposer: rules"})
+    llm: str = field(default="rules", metadata={"help": "decomposer: rules | openai (OPENAI_BASE_URL, OPENAI_API_KEY)"})
+    llm_model: str | None = field(default=None, metadata={"help": "model name for --llm openai "
+                                                          "(default: $SLOWFAST_LLM_MODEL)"})
     closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
     memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
     memory_variant: str = field(default="local", metadata={"help": "Temp-LoRA variant: local | original | global"})
@@ -48,8 +50,8 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
-        if self.llm not in ("rules",):
-            raise ConfigError(f"--llm must be rules, got {self.llm!r}")
+        if self.llm not in ("rules", "openai"):
+            raise ConfigError(f"--llm must be rules or openai, got {self.llm!r}")
 
 
 def checkpoint_paths(cfg: PlanConfig) -> tuple[Path, Path]:
@@ -67,12 +69,20 @@ def checkpoint_paths(cfg: PlanConfig) -> tuple[Path, Path]:
     return world, idm
 
 
+def decompose(cfg: PlanConfig, goal: str, context: dict) -> tuple[list, dict]:
+    if cfg.llm == "openai":
+        from agent.llm import OpenAIDecomposer
+
+        return OpenAIDecomposer(model=cfg.llm_model)(cfg.task, goal, context)
+    return rules(cfg.task, goal, context), {"source": "rules"}
+
+
 def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDynamicsModel) -> dict:
     task = tasks.get(cfg.task)
     env = envs.make(cfg.task, cfg.backend)
     env.reset(seed=cfg.seed)
     goal = cfg.goal or env.goal_text()
-    subgoals = rules(cfg.task, goal, env.subgoal_context())
+    subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
     planner = Planner(world_model, idm, cfg.memory, MemoryConfig(steps=cfg.memory_steps, variant=cfg.memory_variant,
                                                                   seed=cfg.seed), cfg.closed_loop)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
@@ -82,7 +92,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     env.close()
     episode = {
         "task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "memory": cfg.memory, "goal": goal,
-        "subgoals": [s.text for s in subgoals], "distance": metric["distance"], "success": metric["success"],
+        "subgoals": [s.text for s in subgoals], "decomposition": decomposition, "distance": metric["distance"], "success": metric["success"],
         "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
         "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,

@@ -21,6 +21,7 @@ _BACKENDS: dict[tuple[str, str], str] = {
     ("return_cubes", "embedded"): "envs.cubes:CubesEnv",
     ("return_cubes", "rlbench"): "envs.rlbench_backend:RLBenchCubesEnv",
     ("retrace", "embedded"): "envs.retrace_crafter:CrafterRetraceEnv",
+    ("retrace", "miniworld"): "envs.retrace_miniworld:MiniWorldRetraceEnv",
     ("retrace", "minedojo"): "envs.minedojo_backend:MineDojoRetraceEnv",
 }
 
@@ -29,6 +30,7 @@ _BACKENDS: dict[tuple[str, str], str] = {
 _REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "rlbench": (("pyrep", "rlbench"), "envs.rlbench_backend:INSTALL_HELP"),
     "minedojo": (("minedojo",), "envs.minedojo_backend:INSTALL_HELP"),
+    "miniworld": (("miniworld",), "envs.retrace_miniworld:INSTALL_HELP"),
 }
 
 
@@ -74,6 +76,10 @@ def expert_for(env: gym.Env):
         from envs.cubes_expert import CubesExpert
 
         return CubesExpert(env)
+    if env.task_name == "retrace" and hasattr(env, "heading"):
+        from envs.retrace_miniworld import MiniWorldRetraceExpert
+
+        return MiniWorldRetraceExpert(env)
     if env.task_name == "retrace" and hasattr(env, "walkable"):
         from envs.retrace_expert import RetraceExpert
 

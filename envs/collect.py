@@ -87,6 +87,7 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
         "chunk_frames": CHUNK_FRAMES,
         "action_shape": list(env.action_space.shape) if env.action_space.shape else [],
         "action_space": repr(env.action_space),
+        "action_classes": int(getattr(env.action_space, "n", 0)),
         "observation_keys": sorted(k for k in env.observation_space.spaces),
         "env_config": dataclasses.asdict(env.config),
         "seed": seed,

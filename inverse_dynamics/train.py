@@ -36,6 +36,8 @@ class TrainIDMConfig:
     batch_size: int = field(default=64, metadata={"help": "pairs per step"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     augment_prob: float = field(default=0.8, metadata={"help": "P(blur/noise/brightness) per pair"})
+    static_prob: float = field(default=0.1, metadata={
+        "help": "discrete tasks: P(a pair is replaced by (frame, same frame) labelled action 0)"})
     val_episodes: int = field(default=8, metadata={"help": "held-out episodes for validation"})
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
@@ -87,6 +89,15 @@ def _targets(task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(continuous), torch.from_numpy(classes)
 
 
+def _with_static_pairs(batch: dict, prob: float, rng: torch.Generator) -> dict:
+    """Unchanged frames mean "no move" (action 0). Expert episodes start moving at once, so
+    a standing agent with its initial sprite is too rare in the data to be learned."""
+    static = torch.rand(len(batch["action"]), generator=rng) < prob
+    next_frame = torch.where(static[:, None, None, None], batch["frame"], batch["next_frame"])
+    action = torch.where(static[:, None], torch.zeros_like(batch["action"]), batch["action"])
+    return {**batch, "next_frame": next_frame, "action": action}
+
+
 @torch.no_grad()
 def evaluate(model: InverseDynamicsModel, loader: DataLoader, task: str, augment_prob: float = 0.0,
              seed: int = 0) -> dict:
@@ -121,6 +132,7 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
     train_set = FramePairDataset(cfg.data, list(range(len(data) - val)))
     val_set = FramePairDataset(cfg.data, list(range(len(data) - val, len(data))))
     continuous_dim, classes = action_spec(cfg.task)
+    classes = int(data.info.get("action_classes") or classes)  # a first-person backend has its own moves
     all_actions = np.concatenate([data.load_episode(e)["actions"] for e in range(len(data) - val)])
     continuous, _ = split_actions(cfg.task, all_actions)
     model = InverseDynamicsModel(IDMConfig(
@@ -158,6 +170,8 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
             if i < offset:
                 continue
             rng.manual_seed(cfg.seed * 1_000_003 + step)
+            if not continuous_dim and cfg.static_prob:
+                batch = _with_static_pairs(batch, cfg.static_prob, rng)
             pair = augment(model.to_input(batch["frame"], batch["next_frame"]), cfg.augment_prob, rng)
             loss, _ = _loss(model, pair, *_targets(cfg.task, batch))
             if not torch.isfinite(loss):

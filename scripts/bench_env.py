@@ -28,7 +28,7 @@ def bench(task: str, backend: str, size: int, steps: int, seed: int) -> dict:
     step_rate = steps / (time.perf_counter() - start)
     start = time.perf_counter()
     for _ in range(steps):
-        env._observe() if hasattr(env, "_observe") else env.render()
+        env.render_frame()
     frame_rate = steps / (time.perf_counter() - start)
     env.close()
     return {"steps_per_s": round(step_rate, 1), "frames_per_s": round(frame_rate, 1)}
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = {}
-    for task, backend in [("return_cubes", "embedded"), ("retrace", "embedded")]:
+    for task, backend in [("return_cubes", "embedded"), ("retrace", "embedded"), ("retrace", "miniworld")]:
         for size in (64, 128):
             result[f"{task}/{backend}/{size}"] = bench(task, backend, size, args.steps, args.seed)
     print(json.dumps(result))

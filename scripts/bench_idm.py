@@ -18,29 +18,9 @@ import numpy as np
 
 import envs
 from envs.collect import rollout_expert
-from inverse_dynamics.model import InverseDynamicsModel, split_actions
-from tasks.base import Subgoal
+from inverse_dynamics.model import InverseDynamicsModel
+from inverse_dynamics.replay import replay
 from worldmodel.generate import default_checkpoint
-
-
-def replay(env, idm: InverseDynamicsModel, record: dict, seed: int) -> tuple[dict, float]:
-    frames = record["frames"]
-    predicted = []
-    for start in range(0, len(frames) - 1, 256):
-        stop = min(start + 256, len(frames) - 1)
-        predicted += idm.predict(frames[start:stop], frames[start + 1:stop + 1])
-    env.reset(seed=seed)
-    subgoals = [Subgoal.from_dict(s) for s in record["subgoals"]]
-    current = -1
-    for t, action in enumerate(predicted):
-        index = int(record["subgoal_index"][t])
-        if index != current:
-            env.start_subgoal(subgoals[index])
-            current = index
-        env.step(action)
-    _, true_classes = split_actions(idm.config.task, record["actions"])
-    _, predicted_classes = split_actions(idm.config.task, np.stack(predicted))
-    return env.metric(), float((true_classes == predicted_classes).mean())
 
 
 def main() -> None:

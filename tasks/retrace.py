@@ -47,10 +47,11 @@ def path_of(start: np.ndarray, legs: list[Leg]) -> np.ndarray:
 
 
 def sample_legs(rng: np.random.Generator, start: np.ndarray, walkable, num_legs: int = 3,
-                tries: int = 500) -> list[Leg]:
+                tries: int = 500, max_steps: int = LEG_MAX) -> list[Leg]:
     """Straight legs over walkable tiles that never cross the path so far.
 
-    ``walkable(x, y) -> bool`` comes from the backend's world.
+    ``walkable(x, y) -> bool`` comes from the backend's world; ``max_steps`` leaves room
+    in a chunk for the turns a first-person backend needs.
     """
     for _ in range(tries):
         legs: list[Leg] = []
@@ -60,7 +61,7 @@ def sample_legs(rng: np.random.Generator, start: np.ndarray, walkable, num_legs:
             options = [d for d in DIRECTIONS if not legs or d not in (legs[-1].direction,
                                                                        OPPOSITE[legs[-1].direction])]
             direction = options[rng.integers(len(options))]
-            steps = int(rng.integers(LEG_MIN, LEG_MAX + 1))
+            steps = int(rng.integers(LEG_MIN, max_steps + 1))
             tiles = path_of(pos, [Leg(direction, steps)])[1:]
             if any(tuple(t) in visited or not walkable(*t) for t in tiles):
                 break

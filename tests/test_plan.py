@@ -53,3 +53,27 @@ def test_decomposition_is_validated_against_templates():
     legs = rules("retrace", "walk 4 steps west, then head north for three steps, then retrace your way home", {})
     assert [s.text for s in legs] == ["go left for 4 steps", "go up for 3 steps", retrace.RETRACE_TEXT]
     assert legs[-1].params["legs"] == 2
+
+
+def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints / "retrace", root)
+    args = ["evaluate", "--task", "retrace", "--checkpoint", str(root), "--variants", "no-memory,temp-lora",
+            "--episodes", "2", "--seed", "10000", "--out", str(tmp_path / "eval"), "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert list(results["variants"]) == ["expert", "idm-replay", "no-memory", "temp-lora"]
+    assert results["variants"]["expert"]["distance_mean"] == 0.0
+    for row in results["variants"].values():
+        assert [e["seed"] for e in row["per_episode"]] == [10000, 10001]
+    assert (tmp_path / "eval" / "distances.png").stat().st_size > 5000
+    assert "| temp-lora |" in (tmp_path / "eval" / "table.md").read_text()
+    assert (tmp_path / "eval" / "episodes" / "temp-lora" / "seed_10000" / "executed.mp4").is_file()
+    assert not (tmp_path / "eval" / "episodes" / "temp-lora" / "seed_10001" / "executed.mp4").exists()
+    stamp = (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime
+    assert main(args) == 0  # a rerun skips finished episodes
+    assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
+    assert main([*args[:5], "--variants", "slow-fast", *args[7:]]) == 2
+    assert "slowfast finetune" in capsys.readouterr().err

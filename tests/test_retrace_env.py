@@ -102,3 +102,26 @@ def test_minedojo_mapping():
 def test_minedojo_missing_gives_install_message():
     with pytest.raises(envs.BackendUnavailableError, match="JDK 8"):
         envs.factory("retrace", "minedojo")
+
+
+def test_miniworld_backend_retraces_first_person(tmp_path):
+    from envs.collect import collect
+    from envs.retrace_miniworld import ACTIONS, MiniWorldRetraceEnv, turns_between
+
+    env = MiniWorldRetraceEnv()
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=1)
+    assert obs["rgb"].shape == (64, 64, 3)
+    start = obs["pos"].copy()
+    heading = env.heading()
+    env.step(ACTIONS.index("turn left"))
+    assert env.heading() != heading
+    assert turns_between("up", "down") == [ACTIONS.index("turn left")] * 2
+    assert turns_between("up", "right") == [ACTIONS.index("turn right")]
+    env.close()
+    summary = collect("retrace", tmp_path, episodes=2, seed=0, backend="miniworld", progress=False)
+    assert [e["distance"] for e in summary["episodes"]] == [0.0, 0.0]
+    data = load_dataset(tmp_path)
+    assert data.info["backend"] == "miniworld" and data.info["action_classes"] == 4
+    episode = data.load_episode(0)
+    assert np.allclose(episode["obs_pos"][0], episode["obs_pos"][-1]) and not np.allclose(start, 0)

@@ -50,6 +50,8 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "steps between log rows"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/state"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start a new run from a saved world model's weights (e.g. a shipped checkpoint)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     context_frames: int = field(default=4, metadata={"help": "context window f_p max"})
     block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
@@ -133,7 +135,13 @@ def run_train(cfg: TrainConfig) -> dict:
         chunk_frames=int(data.info["chunk_frames"]), block_out_channels=tuple(cfg.block_out_channels),
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
         latent_scale=_latent_scale(train_set, 4))
-    model = VideoWorldModel(model_config)
+    if cfg.init_from and not cfg.resume:
+        model = VideoWorldModel.from_pretrained(cfg.init_from)
+        if model.config.task != cfg.task:
+            raise ValueError(f"--init-from {cfg.init_from} is a {model.config.task!r} model, not --task {cfg.task!r}")
+        model.unet.train()
+    else:
+        model = VideoWorldModel(model_config)
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)

@@ -1,0 +1,167 @@
+"""``slowfast evaluate``: the paper's Table 2 on our tasks, across memory variants.
+
+Every variant plans the same held-out seeds. Variants (paper names in brackets):
+``no-memory`` slow-learned model, no memory ["Ours wo Temp-LoRA"]; ``anchor-frame``
+Streaming-T2V-like anchor; ``temp-lora`` slow-learned model + Temp-LoRA ["Ours wo
+Loop"]; ``slow-fast`` finetuned model (``slowfast finetune``) + Temp-LoRA ["Ours"].
+Reference rows: ``expert`` (scripted, privileged) and ``idm-replay`` (the expert's
+frames through the IDM, open loop).
+
+Each finished episode is a file under ``OUT/episodes/``, so a rerun with the same
+arguments skips it. Outputs: ``results.json``, ``table.md``, ``distances.png`` and
+the first episode's videos of every variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import envs
+from agent.config import ConfigError, to_yaml
+from agent.plan import PlanConfig, plan_episode
+from envs.collect import rollout_expert
+from inverse_dynamics.model import InverseDynamicsModel
+from inverse_dynamics.replay import replay
+from worldmodel.generate import DEFAULT_CHECKPOINTS
+from worldmodel.model import VideoWorldModel
+
+# variant -> (world model folder under the task's checkpoints, memory mode)
+VARIANTS = {
+    "no-memory": ("worldmodel", "none"),
+    "anchor-frame": ("worldmodel", "anchor-frame"),
+    "temp-lora": ("worldmodel", "temp-lora"),
+    "slow-fast": ("worldmodel_slowfast", "temp-lora"),
+}
+REFERENCES = ("expert", "idm-replay")
+
+
+@dataclass
+class EvaluateConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task name"})
+    backend: str = field(default="embedded", metadata={"help": "simulator backend"})
+    variants: str = field(default="no-memory,anchor-frame,temp-lora,slow-fast",
+                          metadata={"help": "comma-separated variants"})
+    episodes: int = field(default=10, metadata={"help": "episodes per variant (seeds SEED..SEED+N-1)"})
+    seed: int = field(default=10_000, metadata={"help": "first held-out seed"})
+    checkpoint: str | None = field(default=None, metadata={"help": "task checkpoint folder "
+                                                           "(default: checkpoints/TASK)"})
+    out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
+    memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
+    references: bool = field(default=True, metadata={"help": "also run the expert and idm-replay rows"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variant_list() if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        if self.episodes < 1:
+            raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
+
+    def variant_list(self) -> list[str]:
+        return [v.strip() for v in self.variants.split(",") if v.strip()]
+
+
+def _checkpoints(cfg: EvaluateConfig) -> dict[str, Path]:
+    root = Path(cfg.checkpoint) if cfg.checkpoint else DEFAULT_CHECKPOINTS / cfg.task
+    needed = {VARIANTS[v][0] for v in cfg.variant_list()} | {"idm"}
+    paths = {name: root / name for name in needed}
+    makers = {"worldmodel": f"slowfast train --task {cfg.task} --out {root / 'worldmodel'}",
+              "worldmodel_slowfast": f"slowfast finetune --task {cfg.task} --from {root / 'worldmodel'} "
+                                     f"--out {root / 'worldmodel_slowfast'}",
+              "idm": f"slowfast train-idm --task {cfg.task} --out {root / 'idm'}"}
+    missing = [name for name, path in paths.items() if not path.is_dir()]
+    if missing:
+        raise ConfigError(f"missing checkpoint(s) {', '.join(str(paths[m]) for m in missing)}; make them with: "
+                          + "; ".join(makers[m] for m in missing))
+    return paths
+
+
+def _reference_episode(kind: str, cfg: EvaluateConfig, seed: int, idm: InverseDynamicsModel) -> dict:
+    env = envs.make(cfg.task, cfg.backend)
+    record = rollout_expert(env, envs.expert_for(env), seed)
+    metric = record["metric"] if kind == "expert" else replay(env, idm, record, seed)[0]
+    env.close()
+    return {"seed": seed, "distance": metric["distance"], "success": metric["success"], "seconds": 0.0}
+
+
+def summarise(per_episode: list[dict]) -> dict:
+    d = np.array([e["distance"] for e in per_episode])
+    return {"distance_mean": float(d.mean()), "distance_std": float(d.std()),
+            "success_rate": float(np.mean([e["success"] for e in per_episode])),
+            "seconds_per_episode": float(np.mean([e["seconds"] for e in per_episode])),
+            "per_episode": [{k: e[k] for k in ("seed", "distance", "success")} for e in per_episode]}
+
+
+def write_table(results: dict, path: Path) -> None:
+    unit = "m" if results["task"] == "return_cubes" else "blocks"
+    lines = [f"| variant | distance ({unit}) mean ± std | success | s / episode |", "| --- | --- | --- | --- |"]
+    for name, row in results["variants"].items():
+        lines.append(f"| {name} | {row['distance_mean']:.4f} ± {row['distance_std']:.4f} | "
+                     f"{row['success_rate']:.0%} | {row['seconds_per_episode']:.1f} |")
+    path.write_text(f"{results['task']} ({results['backend']}), seeds {results['seed']}.."
+                    f"{results['seed'] + results['episodes'] - 1}\n\n" + "\n".join(lines) + "\n")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["variants"])
+    means = [results["variants"][n]["distance_mean"] for n in names]
+    stds = [results["variants"][n]["distance_std"] for n in names]
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
+    ax.bar(names, means, yerr=stds, capsize=4, color=["#999" if n in REFERENCES else "#3a7" for n in names])
+    ax.set_ylabel("distance (m)" if results["task"] == "return_cubes" else "distance (blocks)")
+    ax.set_title(f"{results['task']}: distance to the original places (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> int:
+    envs.factory(cfg.task, cfg.backend)
+    paths = _checkpoints(cfg)
+    out = Path(cfg.out)
+    (out / "episodes").mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    idm = InverseDynamicsModel.from_pretrained(paths["idm"])
+    seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
+    rows = ([*REFERENCES] if cfg.references else []) + cfg.variant_list()
+    bar = tqdm(total=len(rows) * len(seeds), desc=f"evaluate {cfg.task}", unit="episode", disable=not cfg.progress)
+    per_row: dict[str, list[dict]] = {}
+    for row in rows:
+        models = None
+        per_row[row] = []
+        for i, seed in enumerate(seeds):
+            done = out / "episodes" / row / f"seed_{seed}" / "episode.json"
+            if not done.is_file():
+                if row in REFERENCES:
+                    episode = _reference_episode(row, cfg, seed, idm)
+                    done.parent.mkdir(parents=True, exist_ok=True)
+                    done.write_text(json.dumps(episode))
+                else:
+                    if models is None:  # a fresh model per variant: Temp-LoRA adds adapters in place
+                        models = VideoWorldModel.from_pretrained(paths[VARIANTS[row][0]])
+                    plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
+                                          out=str(done.parent), memory_steps=cfg.memory_steps, videos=i == 0,
+                                          progress=False)
+                    plan_episode(plan_cfg, models, idm)
+            per_row[row].append(json.loads(done.read_text()))
+            bar.update(1)
+    bar.close()
+    results = {"task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "episodes": cfg.episodes,
+               "variants": {row: summarise(eps) for row, eps in per_row.items()},
+               "config": dataclasses.asdict(cfg)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_table(results, out / "table.md")
+    plot(results, out / "distances.png")
+    print((out / "table.md").read_text())
+    return 0

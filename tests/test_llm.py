@@ -1,0 +1,98 @@
+"""The OpenAI-compatible client against a real local HTTP server with scripted replies."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agent.decompose import DecompositionError
+from agent.llm import OpenAIDecomposer, parse_reply
+from tasks import retrace
+
+GOAL = "go left for 3 steps, then go up for 4 steps, then retrace your path back to where you started"
+GOOD = {"subgoals": ["go left for 3 steps", "go up for 4 steps", retrace.RETRACE_TEXT]}
+
+
+class ScriptedChat(BaseHTTPRequestHandler):
+    replies: list = []
+    requests: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        reply = type(self).replies.pop(0) if type(self).replies else GOOD
+        if isinstance(reply, tuple) and reply[0] == "sleep":
+            time.sleep(reply[1])
+            reply = GOOD
+        content = reply if isinstance(reply, str) else json.dumps(reply)
+        payload = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": content}}],
+                              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def server():
+    ScriptedChat.replies, ScriptedChat.requests = [], []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def test_valid_reply_is_used(server):
+    decomposer = OpenAIDecomposer(model="smollm2", base_url=server, api_key="sk-secret-123")
+    subgoals, report = decomposer("retrace", GOAL, {})
+    assert [s.text for s in subgoals] == GOOD["subgoals"] and report["source"] == "openai"
+    request = ScriptedChat.requests[0]
+    assert request["path"] == "/v1/chat/completions" and request["body"]["model"] == "smollm2"
+    assert "go left for 3 steps" in request["body"]["messages"][1]["content"]  # templates are listed
+    assert request["auth"] == "Bearer sk-secret-123"
+    assert "sk-secret" not in json.dumps(report)
+
+
+def test_malformed_reply_is_retried_then_accepted(server):
+    ScriptedChat.replies = ["Sure! Here are the steps: left, up, back", "```json\n" + json.dumps(GOOD) + "\n```"]
+    subgoals, report = OpenAIDecomposer(model="m", base_url=server)("retrace", GOAL, {})
+    assert report["attempts"] == 2 and len(report["problems"]) == 1
+    assert subgoals[-1].params["legs"] == 2
+
+
+def test_persistent_garbage_falls_back_to_rules(server, caplog):
+    ScriptedChat.replies = [{"subgoals": ["fly to the moon"]}] * 3
+    subgoals, report = OpenAIDecomposer(model="m", base_url=server, attempts=3)("retrace", GOAL, {})
+    assert report["source"] == "rules-fallback" and len(ScriptedChat.requests) == 3
+    assert [s.text for s in subgoals] == GOOD["subgoals"]
+    assert "using the rule decomposer" in caplog.text
+
+
+def test_slow_server_times_out_and_falls_back(server):
+    ScriptedChat.replies = [("sleep", 2.0)]
+    started = time.time()
+    subgoals, report = OpenAIDecomposer(model="m", base_url=server, timeout=0.5, attempts=1)("retrace", GOAL, {})
+    assert time.time() - started < 2.0
+    assert report["source"] == "rules-fallback" and "Timeout" in report["problems"][0]
+
+
+def test_parse_reply_rejects_wrong_shapes():
+    with pytest.raises(DecompositionError, match="JSON"):
+        parse_reply("retrace", '{"steps": []}', {})
+    with pytest.raises(DecompositionError, match="templates"):
+        parse_reply("retrace", '{"subgoals": ["go sideways"]}', {})
+
+
+def test_missing_model_name_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("SLOWFAST_LLM_MODEL", raising=False)
+    with pytest.raises(ValueError, match="--llm-model"):
+        OpenAIDecomposer(base_url="http://127.0.0.1:9/v1")
