@@ -113,6 +113,8 @@ COMMANDS = {
               "train the video world model (slow learning) on a dataset"),
     "train-idm": ("inverse_dynamics.train", "TrainIDMConfig", "run_train_idm",
                   "train the inverse-dynamics model (frame pair -> action) on a dataset"),
+    "finetune": ("worldmodel.slowfast", "FinetuneConfig", "run_finetune",
+                 "slow-fast learning loop: finetune the base with frozen per-episode Temp-LoRA memories"),
     "generate": ("worldmodel.generate", "GenerateConfig", "run_generate",
                  "imagine a long video for a list of action texts from a simulator's first frame"),
     "plan": ("agent.plan", "PlanConfig", "run_plan",

@@ -78,9 +78,14 @@ class InverseDynamicsModel(nn.Module):
 
     @staticmethod
     def to_input(frame_a, frame_b) -> torch.Tensor:
-        """(B, H, W, 3) uint8 pairs -> (B, 6, H, W) in [-1, 1]."""
-        pair = torch.cat([torch.as_tensor(np.asarray(frame_a)), torch.as_tensor(np.asarray(frame_b))], dim=-1)
-        return pair.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        """(B, H, W, 3) uint8 pairs -> (B, 6, H, W): frame a in [-1, 1] and the change b - a.
+
+        Giving the change explicitly spares the network from discovering it; without it,
+        training sat on the majority class for hundreds of steps in one of two runs.
+        """
+        a = torch.as_tensor(np.asarray(frame_a)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        b = torch.as_tensor(np.asarray(frame_b)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return torch.cat([a, b - a], dim=1)
 
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         h = self.encoder(pair)

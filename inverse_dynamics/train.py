@@ -51,7 +51,14 @@ class TrainIDMConfig:
 
 
 def augment(pair: torch.Tensor, prob: float, rng: torch.Generator) -> torch.Tensor:
-    """Blur + noise + brightness on (B, 6, H, W) pairs in [-1, 1]."""
+    """Blur + noise + brightness on (B, 6, H, W) model inputs (frame a, change b - a)."""
+    a, change = pair[:, :3], pair[:, 3:]
+    frames = torch.cat([a, a + change], dim=1)
+    out = _corrupt(frames, prob, rng)
+    return torch.cat([out[:, :3], out[:, 3:] - out[:, :3]], dim=1)
+
+
+def _corrupt(pair: torch.Tensor, prob: float, rng: torch.Generator) -> torch.Tensor:
     b = pair.shape[0]
     apply = (torch.rand(b, generator=rng) < prob).float()[:, None, None, None]
     sigma = torch.rand(b, generator=rng) * 1.2 + 1e-3

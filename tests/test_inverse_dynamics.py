@@ -18,7 +18,8 @@ def test_shapes_dtypes_and_env_actions():
     model = _model(action_mean=[0.1, 0.0, -0.2], action_std=[0.5, 0.5, 0.5])
     frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     pair = model.to_input(frames, frames)
-    assert pair.shape == (3, 6, 64, 64) and pair.dtype == torch.float32 and pair.abs().max() <= 1
+    assert pair.shape == (3, 6, 64, 64) and pair.dtype == torch.float32 and pair[:, :3].abs().max() <= 1
+    assert pair[:, 3:].abs().max() == 0  # identical frames: no change
     continuous, logits = model(pair)
     assert continuous.shape == (3, 3) and logits.shape == (3, 2)
     actions = model.predict(frames, frames)
@@ -69,7 +70,8 @@ def test_tiny_model_overfits_a_few_samples():
 def test_augment_changes_pixels_but_keeps_range():
     pair = torch.rand(4, 6, 64, 64) * 2 - 1
     out = augment(pair, 1.0, torch.Generator().manual_seed(0))
-    assert out.shape == pair.shape and out.abs().max() <= 1 and not torch.equal(out, pair)
+    assert out.shape == pair.shape and out[:, :3].abs().max() <= 1 and not torch.equal(out, pair)
+    assert (out[:, :3] + out[:, 3:]).abs().max() <= 1 + 1e-6
     assert torch.equal(augment(pair, 0.0, torch.Generator().manual_seed(0)), pair)
 
 

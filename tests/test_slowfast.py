@@ -1,0 +1,83 @@
+import csv
+import hashlib
+
+import pytest
+import torch
+
+from envs.dataset import ChunkDataset
+from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
+from worldmodel.model import VideoWorldModel, WorldModelConfig
+from worldmodel.slowfast import FinetuneConfig, episode_chunks, inner_loop, outer_loss, run_finetune
+
+TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=2,
+            task="return_cubes")
+
+
+def _hash(params):
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    torch.manual_seed(0)
+    VideoWorldModel(WorldModelConfig(**TINY)).save_pretrained(path)
+    return path
+
+
+def test_snapshot_i_depends_on_chunks_up_to_i_only(tiny_base, cubes_dataset):
+    root, _ = cubes_dataset
+    model = VideoWorldModel.from_pretrained(tiny_base)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, lr=1e-2, steps=1))
+    chunks = episode_chunks(ChunkDataset(root, 4), 0, model)[:4]
+    first = inner_loop(memory, chunks)
+    changed = [dict(c) for c in chunks]
+    changed[3] = {**changed[3], "target": changed[3]["target"] + 1.0}
+    second = inner_loop(memory, changed)
+    for i in range(3):
+        assert all(torch.equal(first[i][k], second[i][k]) for k in first[i])
+    assert not all(torch.equal(first[3][k], second[3][k]) for k in first[3])
+
+
+def test_outer_update_changes_phi_and_keeps_theta_frozen(tiny_base, cubes_dataset):
+    root, _ = cubes_dataset
+    model = VideoWorldModel.from_pretrained(tiny_base)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, lr=1e-2, steps=1))
+    chunks = episode_chunks(ChunkDataset(root, 4), 0, model)[:3]
+    snapshots = inner_loop(memory, chunks)
+    for p in base_parameters(model.unet):
+        p.requires_grad_(True)
+    for p in adapter_parameters(model.unet):
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=1e-3)
+    loss = outer_loss(model, memory, snapshots[1], chunks[2], 2, torch.Generator().manual_seed(0))
+    theta, phi = _hash(adapter_parameters(model.unet)), _hash(base_parameters(model.unet))
+    loss.backward()
+    optimizer.step()
+    assert _hash(adapter_parameters(model.unet)) == theta
+    assert _hash(base_parameters(model.unet)) != phi
+
+
+def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dataset, tmp_path):
+    root, _ = cubes_dataset
+    common = dict(task="return_cubes", from_checkpoint=str(tiny_base), data=str(root), out=str(tmp_path / "ft"),
+                  val_episodes=1, noise_samples=1, memory_rank=4, save_every=1, progress=False, epochs=2,
+                  max_chunks=3)
+    assert run_finetune(FinetuneConfig(**common, max_episodes=1)) == 0  # 2 episodes (1 x 2 epochs)
+    with open(tmp_path / "ft" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["episodes_done"] for r in rows] == ["1", "2"]
+    assert float(rows[-1]["val_loss_memory"]) > 0 and float(rows[-1]["val_loss_no_memory"]) > 0
+    tuned = VideoWorldModel.from_pretrained(tmp_path / "ft")
+    assert not any("lora" in k for k in tuned.unet.state_dict())
+    with pytest.raises(ValueError, match="--resume"):
+        run_finetune(FinetuneConfig(**common, max_episodes=1))
+    import json
+
+    (tmp_path / "ft" / "state" / "progress.json").write_text(json.dumps({"episodes_done": 1}))
+    assert run_finetune(FinetuneConfig(**common, max_episodes=1, resume=True)) == 0
+    with open(tmp_path / "ft" / "log.csv") as f:
+        assert [r["episodes_done"] for r in csv.DictReader(f)] == ["1", "2", "2"]

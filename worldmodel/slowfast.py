@@ -1,0 +1,218 @@
+"""Slow-fast learning loop (``slowfast finetune``, paper Sec. 3.3, Algorithm 1b).
+
+For every training episode, in order:
+
+1. Inner loop (fast learning, base weights Phi fixed): reset Temp-LoRA, then for each
+   ground-truth chunk i update the adapter on (X_{i-1}, X_i) exactly as at inference
+   time and record the snapshot Theta_i, which has seen chunks 0..i only. The
+   episode's snapshots are written to ``OUT/snapshots/episode_NNNNNN.safetensors``
+   (adapter tensors only, fp16, keyed ``i/<tensor>``).
+2. Outer loop (slow learning, Theta frozen): for each i, load Theta_i into the adapter
+   and update Phi on the masked conditional loss of X_i -> X_{i+1} with its subgoal
+   text. One loaded snapshot serves a batch of ``noise_samples`` noise draws.
+
+Repeated for ``epochs``. The finetuned base (without adapter) is saved like any world
+model; ``OUT/log.csv`` has the outer loss with memory, and at every checkpoint the
+validation loss on held-out episodes with their own memory and without any.
+Resumable after a kill: the state is saved after every episode.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from envs.dataset import ChunkDataset, load_dataset
+from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
+from worldmodel.model import VideoWorldModel, build_unet
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = field(default="return_cubes", metadata={"help": "task name"})
+    from_checkpoint: str = field(default="checkpoints/return_cubes/worldmodel",
+                                 metadata={"flag": "--from", "help": "slow-learned world model to start from"})
+    data: str = field(default="data/return_cubes", metadata={"help": "dataset folder"})
+    out: str = field(default="runs/finetune", metadata={"help": "run folder"})
+    seed: int = field(default=0, metadata={"help": "seed for noise and memory"})
+    epochs: int = field(default=1, metadata={"help": "passes over the training episodes"})
+    max_episodes: int = field(default=0, metadata={"help": "training episodes to use (0 = all)"})
+    max_chunks: int = field(default=0, metadata={"help": "use each episode's first N chunks (0 = all)"})
+    lr: float = field(default=5e-5, metadata={"help": "slow learning rate (base weights)"})
+    noise_samples: int = field(default=4, metadata={"help": "noise draws per (snapshot, pair) batch"})
+    memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA steps per chunk in the inner loop"})
+    memory_lr: float = field(default=1e-4, metadata={"help": "Temp-LoRA learning rate"})
+    memory_rank: int = field(default=32, metadata={"help": "Temp-LoRA rank"})
+    val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
+    save_every: int = field(default=5, metadata={"help": "episodes between checkpoints"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
+    keep_snapshots: bool = field(default=False, metadata={"help": "keep every episode's snapshot file"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/state"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "noise_samples", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+def base_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The UNet's own weights without adapter tensors, under their original names."""
+    return {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def episode_chunks(dataset: ChunkDataset, episode: int, model: VideoWorldModel, limit: int = 0) -> list[dict]:
+    """Latents of one episode's chunks in order: context, context_len, target, text."""
+    items = [dataset[i] for i, (e, _) in enumerate(dataset.index) if e == episode]
+    items = sorted(items, key=lambda x: x["start"])[:limit or None]
+    out = []
+    for item in items:
+        out.append({"context": model.latent.encode(item["context"][None]),
+                    "context_len": torch.tensor([item["context_len"]]),
+                    "target": model.latent.encode(item["target"][None]), "text": item["text"]})
+    return out
+
+
+def inner_loop(memory: EpisodeMemory, chunks: list[dict]) -> list[dict[str, torch.Tensor]]:
+    """Fast learning over an episode's ground truth; snapshot i has seen chunks 0..i."""
+    memory.reset()
+    snapshots = []
+    for chunk in chunks:
+        context = chunk["context"][:, :, -int(chunk["context_len"]):]
+        memory.update(context, chunk["target"])
+        snapshots.append({k: v.half() for k, v in memory.state_dict().items()})
+    return snapshots
+
+
+def outer_loss(model: VideoWorldModel, memory: EpisodeMemory, snapshot: dict, next_chunk: dict,
+               samples: int, generator: torch.Generator) -> torch.Tensor:
+    memory.load_state_dict({k: v.float() for k, v in snapshot.items()})
+    rep = lambda x: x.repeat(samples, *([1] * (x.dim() - 1)))  # noqa: E731
+    text = model.text_encoder([next_chunk["text"]] * samples)
+    return model.training_loss(rep(next_chunk["context"]), rep(next_chunk["context_len"]),
+                               rep(next_chunk["target"]), text, generator)
+
+
+@torch.no_grad()
+def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int) -> dict:
+    """Loss on held-out pairs with the episode's own memory, and with the adapter zeroed."""
+    with_memory, without = [], []
+    for chunks in episodes:
+        with torch.enable_grad():
+            snapshots = inner_loop(memory, chunks)
+        zero = {k: torch.zeros_like(v) for k, v in snapshots[0].items()}
+        for i in range(len(chunks) - 1):
+            g = torch.Generator().manual_seed(seed + i)
+            with_memory.append(outer_loss(model, memory, snapshots[i], chunks[i + 1], 2, g).item())
+            g = torch.Generator().manual_seed(seed + i)
+            without.append(outer_loss(model, memory, zero, chunks[i + 1], 2, g).item())
+    return {"val_loss_memory": float(np.mean(with_memory)), "val_loss_no_memory": float(np.mean(without))}
+
+
+def run_finetune(cfg: FinetuneConfig) -> int:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    state_dir = out / "state"
+    if cfg.resume and not (state_dir / "progress.json").is_file():
+        raise ValueError(f"--resume: no finetuning state in {state_dir}; start without --resume")
+    if not cfg.resume and state_dir.exists():
+        raise ValueError(f"{out} already holds a run; pass --resume or choose another --out")
+    data = load_dataset(cfg.data)
+    if data.info["task"] != cfg.task:
+        raise ValueError(f"--data {cfg.data} holds task {data.info['task']!r}, not --task {cfg.task!r}")
+    model = VideoWorldModel.from_pretrained(cfg.from_checkpoint)
+    if model.config.task != cfg.task:
+        raise ValueError(f"--from {cfg.from_checkpoint} is a {model.config.task!r} model, not --task {cfg.task!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    dataset = ChunkDataset(cfg.data, model.config.context_frames)
+    n_val = min(cfg.val_episodes, max(0, len(data) - 1))
+    train_eps = list(range(len(data) - n_val))
+    if cfg.max_episodes:
+        train_eps = train_eps[:cfg.max_episodes]
+    val_chunks = [episode_chunks(dataset, e, model, cfg.max_chunks) for e in range(len(data) - n_val, len(data))]
+
+    memory = EpisodeMemory(model, MemoryConfig(rank=cfg.memory_rank, alpha=float(cfg.memory_rank), lr=cfg.memory_lr,
+                                               steps=cfg.memory_steps, seed=cfg.seed))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)
+    unet, optimizer = accelerator.prepare(model.unet, optimizer)
+    model.unet = unet
+    done = 0
+    if cfg.resume:
+        accelerator.load_state(str(state_dir))
+        done = json.loads((state_dir / "progress.json").read_text())["episodes_done"]
+    else:
+        from agent.config import to_yaml
+
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    log_path = out / "log.csv"
+    fresh = not (cfg.resume and log_path.exists())
+    log_file = log_path.open("w" if fresh else "a", newline="")
+    log = csv.writer(log_file)
+    if fresh:
+        log.writerow(["episodes_done", "epoch", "episode", "loss_memory", "val_loss_memory", "val_loss_no_memory",
+                      "inner_seconds", "outer_seconds"])
+    schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
+    bar = tqdm(total=len(schedule), initial=done, desc=f"finetune {cfg.task}", unit="episode",
+               disable=not cfg.progress)
+    generator = torch.Generator()
+    for epoch, episode in schedule[done:]:
+        chunks = episode_chunks(dataset, episode, model, cfg.max_chunks)
+        began = time.perf_counter()
+        for p in base_parameters(unet):
+            p.requires_grad_(False)
+        snapshots = inner_loop(memory, chunks)
+        inner_seconds = time.perf_counter() - began
+        snapshot_file = out / "snapshots" / f"episode_{episode:06d}.safetensors"
+        snapshot_file.parent.mkdir(exist_ok=True)
+        save_file({f"{i}/{k}": v.contiguous() for i, s in enumerate(snapshots) for k, v in s.items()}, snapshot_file)
+
+        began = time.perf_counter()
+        for p in base_parameters(unet):
+            p.requires_grad_(True)
+        for p in adapter_parameters(unet):
+            p.requires_grad_(False)
+        unet.train()
+        losses = []
+        for i in range(len(chunks) - 1):
+            generator.manual_seed(cfg.seed * 1_000_003 + done * 1_000 + i)
+            loss = outer_loss(model, memory, snapshots[i], chunks[i + 1], cfg.noise_samples, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss in episode {episode}; resume with a lower --lr")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(base_parameters(unet), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        outer_seconds = time.perf_counter() - began
+        if not cfg.keep_snapshots:
+            snapshot_file.unlink()
+        done += 1
+        bar.update(1)
+        val = {"val_loss_memory": "", "val_loss_no_memory": ""}
+        if done % cfg.save_every == 0 or done == len(schedule):
+            if val_chunks:
+                val = validation(model, memory, val_chunks, cfg.seed)
+            accelerator.save_state(str(state_dir))
+            (state_dir / "progress.json").write_text(json.dumps({"episodes_done": done}))
+            clean = build_unet(model.config)
+            clean.load_state_dict(base_state_dict(accelerator.unwrap_model(unet)))
+            VideoWorldModel(model.config, clean, model.text_encoder).save_pretrained(out)
+        log.writerow([done, epoch, episode, float(np.mean(losses)), val["val_loss_memory"],
+                      val["val_loss_no_memory"], round(inner_seconds, 2), round(outer_seconds, 2)])
+        log_file.flush()
+    bar.close()
+    log_file.close()
+    print(json.dumps({"episodes_done": done, "out": str(out)}))
+    return 0
