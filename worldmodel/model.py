@@ -188,17 +188,21 @@ class VideoWorldModel:
 
     @torch.no_grad()
     def rollout(self, first_frame: np.ndarray, texts: list[str], seed: int = 0,
-                after_chunk=None, progress=None) -> np.ndarray:
+                after_chunk=None, progress=None, anchor: bool = False) -> np.ndarray:
         """A long video: one chunk per text, each conditioned on the last frames so far.
 
         Generation stays in latent space between chunks. ``after_chunk(previous, new)``
         is called with the latents of the input and the new chunk (Temp-LoRA's hook).
+        ``anchor`` keeps the first frame in the oldest context slot (Streaming-T2V-like).
         Returns (1 + len(texts) * chunk_frames, H, W, 3) uint8 frames.
         """
         generator = torch.Generator().manual_seed(seed)
         video = self.latent.encode(np.asarray(first_frame)[None, None])
+        fc = self.config.context_frames
         for text in (progress(texts) if progress else texts):
-            context = video[:, :, -self.config.context_frames:]
+            context = video[:, :, -fc:]
+            if anchor and context.shape[2] >= fc:
+                context = torch.cat([video[:, :, :1], video[:, :, -(fc - 1):]], dim=2)
             chunk = self.generate_chunk(context, [text], generator=generator)
             if after_chunk is not None:
                 after_chunk(context, chunk)

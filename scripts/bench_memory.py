@@ -1,0 +1,75 @@
+"""Memory for long videos: SCuts, SRC and revisit PSNR per memory mode, and Temp-LoRA's cost.
+
+On held-out seeds, the expert's go-and-return episode gives the action script (one
+subgoal text per chunk) and the simulator's true frames. The world model imagines the
+whole script from the first frame (open loop) with memory ``none``, ``anchor-frame``
+and ``temp-lora``; revisit frames (same place / same cube layout again, from the
+simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 frames.
+Last output line: one JSON object.
+
+Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--memory-steps 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import envs
+from envs.collect import rollout_expert
+from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
+from worldmodel.generate import default_checkpoint
+from worldmodel.memory import EpisodeMemory, MemoryConfig
+from worldmodel.model import VideoWorldModel
+from worldmodel.video_io import psnr
+
+MODES = ("none", "anchor-frame", "temp-lora")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="retrace")
+    parser.add_argument("--seed", type=int, default=10_000)
+    parser.add_argument("--episodes", type=int, default=1)
+    parser.add_argument("--memory-steps", type=int, default=1)
+    parser.add_argument("--checkpoint", default=None)
+    args = parser.parse_args()
+    path = args.checkpoint or default_checkpoint(args.task, "worldmodel")
+    options = {"num_legs": 6} if args.task == "retrace" else {}
+    env = envs.make(args.task, **options)
+    expert = envs.expert_for(env)
+    chunk = VideoWorldModel.from_pretrained(path).config.chunk_frames
+    scores = {m: {"scuts": [], "src": [], "revisit_psnr": []} for m in MODES}
+    seconds = {"none": [], "temp-lora": []}
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    for seed in seeds:
+        record = rollout_expert(env, expert, seed)
+        texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
+        observations = {f"obs_{k}": v for k, v in record["observations"].items()}
+        pairs = revisit_pairs(args.task, observations)
+        for mode in MODES:
+            model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
+            memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, seed=seed)) if mode == "temp-lora" else None
+            began = time.perf_counter()
+            video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
+                                  after_chunk=memory.update if memory else None)
+            if mode in seconds:
+                seconds[mode].append((time.perf_counter() - began) / len(texts))
+            scores[mode]["scuts"].append(scene_cuts(video))
+            scores[mode]["src"].append(scene_revisit_consistency(video, pairs))
+            later = [t2 for _, t2 in pairs]
+            scores[mode]["revisit_psnr"].append(psnr(video[later], record["frames"][later]) if later else float("nan"))
+    env.close()
+    per_chunk = {m: round(float(np.mean(v)), 3) for m, v in seconds.items()}
+    print(json.dumps({
+        "task": args.task, "frames": int(len(record["frames"])), "revisit_pairs": len(pairs),
+        "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
+        "seconds_per_chunk": per_chunk, "overhead": round(per_chunk["temp-lora"] / per_chunk["none"] - 1, 4),
+        "memory_steps": args.memory_steps, "seeds": seeds}))
+
+
+if __name__ == "__main__":
+    main()
