@@ -49,6 +49,9 @@ class WorldModelConfig:
     sample_steps: int = 20
     image_guidance: float = 2.0
     text_guidance: float = 5.0
+    # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen): this is pixel-space
+    # diffusion, and without it an imperfect eps at t ~ T is amplified ~1/alpha ~ 150x.
+    thresholding: bool = True
     task: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -91,7 +94,9 @@ class VideoWorldModel:
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
                                              prediction_type="epsilon")
-        self.sampler = DPMSolverMultistepScheduler.from_config(self.train_scheduler.config)
+        self.sampler = DPMSolverMultistepScheduler.from_config(
+            self.train_scheduler.config, thresholding=config.thresholding,
+            sample_max_value=float(config.latent_scale))
 
     # --- inputs -------------------------------------------------------------------------
     def empty_text(self, batch: int) -> torch.Tensor:
