@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from envs import BackendUnavailableError
+from envs.retrace_hooks import RetraceHooks
 from tasks import retrace as task
-from tasks.base import Subgoal
 
 INSTALL_HELP = (
     "the minedojo backend needs MineDojo and its Minecraft build: install JDK 8 "
@@ -49,13 +49,12 @@ def from_minedojo_observation(obs: dict) -> dict:
             "pos": to_tile(obs["location_stats"]["pos"])}
 
 
-class MineDojoRetraceEnv:
+class MineDojoRetraceEnv(RetraceHooks):
     """gymnasium-style wrapper around ``minedojo.make(task_id="open-ended", ...)``.
 
     A flat world by default, so legs sampled without terrain knowledge stay walkable.
     """
 
-    task_name = task.NAME
     metadata = {"render_fps": 4}
 
     def __init__(self, image_size: int = 64, num_legs: int = 3, ticks_per_block: int = 5,
@@ -104,23 +103,6 @@ class MineDojoRetraceEnv:
 
     def render(self):
         return self._last["rgb"]
-
-    def goal_text(self) -> str:
-        return task.goal_text(self.legs)
-
-    def subgoal_context(self) -> dict:
-        return {}
-
-    def subgoals(self) -> list[Subgoal]:
-        return task.canonical_subgoals(self.legs)
-
-    def start_subgoal(self, subgoal: Subgoal) -> None:
-        if subgoal.kind == "retrace" and self._return_from is None:
-            self._return_from = len(self.positions) - 1
-
-    def metric(self) -> dict:
-        start = self._return_from if self._return_from is not None else len(self.positions) - 1
-        return task.metric(task.path_of(self.start, self.legs), np.stack(self.positions[start:]))
 
     def close(self):
         if self._env is not None:

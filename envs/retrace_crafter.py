@@ -21,8 +21,8 @@ import numpy as np
 from crafter import constants, engine, objects
 from gymnasium import spaces
 
+from envs.retrace_hooks import RetraceHooks
 from tasks import retrace as task
-from tasks.base import Subgoal
 
 WORLD_SIZE = 64
 VIEW_TILES = 9
@@ -50,9 +50,8 @@ class RetraceEnvConfig:
             raise ValueError(f"num_legs must be within 1..6, got {self.num_legs}")
 
 
-class CrafterRetraceEnv(gym.Env):
+class CrafterRetraceEnv(RetraceHooks, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
-    task_name = task.NAME
 
     def __init__(self, config: RetraceEnvConfig | None = None, render_mode: str | None = "rgb_array",
                  **overrides):
@@ -112,27 +111,6 @@ class CrafterRetraceEnv(gym.Env):
 
     def close(self):
         self._game = None
-
-    # --- task hooks ------------------------------------------------------------------
-    def goal_text(self) -> str:
-        return task.goal_text(self.legs)
-
-    def subgoal_context(self) -> dict:
-        return {}
-
-    def subgoals(self) -> list[Subgoal]:
-        return task.canonical_subgoals(self.legs)
-
-    def start_subgoal(self, subgoal: Subgoal) -> None:
-        if subgoal.kind == "retrace" and self._return_from is None:
-            self._return_from = len(self.positions) - 1
-
-    def outbound_path(self) -> np.ndarray:
-        return task.path_of(self.start, self.legs)
-
-    def metric(self) -> dict:
-        start = self._return_from if self._return_from is not None else len(self.positions) - 1
-        return task.metric(self.outbound_path(), np.stack(self.positions[start:]))
 
     # --- world ------------------------------------------------------------------------
     def player_pos(self) -> np.ndarray:

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.retrace_hooks import RetraceHooks
 from tasks import retrace as task
 from tasks.base import CHUNK_FRAMES, Subgoal
 
@@ -96,9 +97,8 @@ def _make_world_class(entity, miniworld):
     return _RetraceRooms
 
 
-class MiniWorldRetraceEnv(gym.Env):
+class MiniWorldRetraceEnv(RetraceHooks, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
-    task_name = task.NAME
 
     def __init__(self, config: MiniWorldRetraceConfig | None = None, render_mode: str | None = "rgb_array",
                  **overrides):
@@ -167,25 +167,9 @@ class MiniWorldRetraceEnv(gym.Env):
             self._world.close()
             self._world = None
 
-    # --- task hooks ---------------------------------------------------------------
-    def goal_text(self) -> str:
-        return task.goal_text(self.legs)
-
-    def subgoal_context(self) -> dict:
-        return {}
-
-    def subgoals(self) -> list[Subgoal]:
-        return task.canonical_subgoals(self.legs)
-
-    def start_subgoal(self, subgoal: Subgoal) -> None:
-        if subgoal.kind == "retrace" and self._return_from is None:
-            self._return_from = len(self.positions) - 1
-
-    def metric(self) -> dict:
-        start = self._return_from if self._return_from is not None else len(self.positions) - 1
-        outbound = task.path_of(np.round(self.start).astype(int), self.legs).astype(float)
-        outbound += self.start - np.round(self.start)
-        return task.metric(outbound, np.stack(self.positions[start:]))
+    def outbound_path(self) -> np.ndarray:
+        """Legs were sampled on the integer lattice; the agent stands at a half-unit offset."""
+        return task.path_of(np.round(self.start).astype(int), self.legs) + (self.start - np.round(self.start))
 
     # --- world ----------------------------------------------------------------------
     def player_pos(self) -> np.ndarray:
