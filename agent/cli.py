@@ -134,7 +134,6 @@ def _usage() -> str:
 
 def run_command(name: str, argv: list[str]) -> int:
     import envs
-    import tasks
 
     module_name, config_name, run_name, description = COMMANDS[name]
     module = importlib.import_module(module_name)
