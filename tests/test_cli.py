@@ -20,6 +20,11 @@ def run(*args):
     (["plan", "--task", "return_cubes", "--checkpoint", "/nonexistent"], "slowfast train --task return_cubes"),
     (["plan", "--memory", "lstm"], "--memory must be"),
     (["fly"], "unknown command 'fly'"),
+    (["train", "--data", "/nonexistent"], "slowfast collect"),
+    (["train-idm", "--data", "/nonexistent"], "slowfast collect"),
+    (["finetune", "--from", "/nonexistent", "--data", "/nonexistent"], "slowfast collect"),
+    (["evaluate", "--variants", "no-memory,lstm"], "unknown variant(s) lstm"),
+    (["generate", "--checkpoint", "/nonexistent", "--actions", "stay"], "slowfast train"),
     (["collect", "--task", "retrace", "--num-cubes", "3"], "--num-cubes only applies to --task return_cubes"),
     (["collect", "--task", "retrace", "--backend", "minedojo"], "JDK 8"),
 ])
@@ -31,7 +36,7 @@ def test_bad_input_exits_nonzero_with_one_clear_line(args, message):
 
 
 def test_every_command_has_help():
-    for command in ("collect", "envs", "plan"):
+    for command in ("collect", "envs", "plan", "train", "train-idm", "finetune", "generate", "evaluate"):
         result = run(command, "--help")
         assert result.returncode == 0 and "--seed" in result.stdout and "--out" in result.stdout
 

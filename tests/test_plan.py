@@ -77,3 +77,18 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
     assert main([*args[:5], "--variants", "slow-fast", *args[7:]]) == 2
     assert "slowfast finetune" in capsys.readouterr().err
+
+
+def test_generate_writes_a_long_video(tiny_checkpoints, tmp_path, capsys):
+    out = tmp_path / "gen"
+    actions = ",".join(["go left for 3 steps"] * 3)
+    assert main(["generate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace" / "worldmodel"),
+                 "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 1 + 3 * 8 and summary["chunks"] == 3
+    assert (out / "video.mp4").stat().st_size > 1000 and (out / "video.gif").stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(out / "video.gif")) == 25
+    assert main(["generate", "--task", "retrace", "--out", str(out), "--actions", ""]) == 2
+    assert "--actions" in capsys.readouterr().err
