@@ -110,3 +110,20 @@ def to_yaml(config) -> str:
         return list(value) if isinstance(value, tuple) else value
 
     return yaml.safe_dump({k: plain(v) for k, v in dataclasses.asdict(config).items()}, sort_keys=False)
+
+
+def open_run_log(path: Path, header: list[str], resume: bool, resumed_at: int):
+    """Open a run's CSV log for appending; on resume, rows written after the restored checkpoint are
+    dropped because those steps are trained again and would otherwise appear twice."""
+    import csv
+
+    rows = []
+    if resume and path.exists():
+        with path.open(newline="") as existing:
+            rows = [row for row in list(csv.reader(existing))[1:] if row and int(float(row[0])) <= resumed_at]
+    log_file = path.open("w", newline="")
+    writer = csv.writer(log_file)
+    writer.writerow(header)
+    writer.writerows(rows)
+    log_file.flush()
+    return log_file, writer

@@ -10,7 +10,6 @@ held-out episodes, on clean frames and on augmented ones. Run folder: ``OUT/conf
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from agent.config import open_run_log, to_yaml
 from envs.dataset import FramePairDataset, load_dataset
 from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec, split_actions
 
@@ -155,16 +155,10 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
         step = state["step"]
         torch.set_rng_state(state["torch_rng"])
     else:
-        from agent.config import to_yaml
-
         (out / "config.yaml").write_text(to_yaml(cfg))
     val_loader = DataLoader(val_set, batch_size=256)
-    log_path = out / "log.csv"
-    fresh = not (cfg.resume and log_path.exists())
-    log_file = log_path.open("w" if fresh else "a", newline="")
-    log = csv.writer(log_file)
-    if fresh:
-        log.writerow(["step", "loss", "val_loss", "val_accuracy", "val_delta_mae", "val_aug_accuracy", "seconds"])
+    log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "val_accuracy", "val_delta_mae",
+                                                   "val_aug_accuracy", "seconds"], cfg.resume, step)
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     rng = torch.Generator()
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train-idm {cfg.task}", disable=not cfg.progress)

@@ -96,7 +96,9 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tiny_model, tmp_path):
 
 def _losses(path):
     with open(path) as f:
-        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    assert len({step for step, _ in rows}) == len(rows), f"a step is logged twice in {path}"
+    return dict(rows)
 
 
 def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
@@ -106,6 +108,8 @@ def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
                   attention_head_dim=2, norm_num_groups=8)
     run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=4, **common))
     run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=2, **common))
+    with open(tmp_path / "resumed" / "log.csv", "a") as log:  # a step logged after the last checkpoint, then killed
+        log.write("3,9.9,,0.0,1.0\n")
     run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=4, resume=True, **common))
     straight, resumed = _losses(tmp_path / "straight" / "log.csv"), _losses(tmp_path / "resumed" / "log.csv")
     assert sorted(resumed) == [1, 2, 3, 4]

@@ -19,7 +19,6 @@ Resumable after a kill: the state is saved after every episode.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
 from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
@@ -153,16 +153,10 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         accelerator.load_state(str(state_dir))
         done = json.loads((state_dir / "progress.json").read_text())["episodes_done"]
     else:
-        from agent.config import to_yaml
-
         (out / "config.yaml").write_text(to_yaml(cfg))
-    log_path = out / "log.csv"
-    fresh = not (cfg.resume and log_path.exists())
-    log_file = log_path.open("w" if fresh else "a", newline="")
-    log = csv.writer(log_file)
-    if fresh:
-        log.writerow(["episodes_done", "epoch", "episode", "loss_memory", "val_loss_memory", "val_loss_no_memory",
-                      "inner_seconds", "outer_seconds"])
+    log_file, log = open_run_log(out / "log.csv", ["episodes_done", "epoch", "episode", "loss_memory",
+                                                   "val_loss_memory", "val_loss_no_memory", "inner_seconds",
+                                                   "outer_seconds"], cfg.resume, done)
     schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
     bar = tqdm(total=len(schedule), initial=done, desc=f"finetune {cfg.task}", unit="episode",
                disable=not cfg.progress)

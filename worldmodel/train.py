@@ -12,7 +12,6 @@ exactly the batches it had already seen.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import shlex
@@ -27,6 +26,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
@@ -155,18 +155,13 @@ def run_train(cfg: TrainConfig) -> dict:
         accelerator.load_state(str(state_dir))
         step = json.loads((state_dir / "progress.json").read_text())["step"]
     else:
-        (out / "config.yaml").write_text(_yaml(cfg))
+        (out / "config.yaml").write_text(to_yaml(cfg))
         (out / "resume.sh").write_text(
             "#!/usr/bin/env bash\n" + shlex.join(["slowfast", "train", "--config", str(out / "config.yaml"),
                                                   "--resume"]) + "\n")
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False)
-    log_path = out / "log.csv"
-    new_log = not log_path.exists() or not cfg.resume
-    log_file = log_path.open("w" if new_log else "a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["step", "loss", "val_loss", "lr", "seconds"])
+    log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "lr", "seconds"], cfg.resume, step)
     noise_rng = torch.Generator()
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.task}", disable=not cfg.progress)
     started, running = time.time(), []
@@ -220,12 +215,6 @@ def _checkpoint(accelerator: Accelerator, model: VideoWorldModel, ema: EMAModel,
     ema.copy_to(unet.parameters())
     VideoWorldModel(model.config, unet, model.text_encoder).save_pretrained(out)
     ema.restore(unet.parameters())
-
-
-def _yaml(cfg: TrainConfig) -> str:
-    from agent.config import to_yaml
-
-    return to_yaml(cfg)
 
 
 def run_train_command(cfg: TrainConfig) -> int:
