@@ -82,7 +82,8 @@ class Planner:
             imagined_latents = torch.cat([imagined_latents, new], dim=2)
             frames = self.model.latent.decode(new)[0]
             before = np.concatenate([record.executed[-1][None], frames[:-1]])
-            for action in self.idm.predict(before, frames):
+            for prediction in self.idm.predict(before, frames):
+                action = self.idm.to_env_action(prediction, obs)
                 obs, *_ = env.step(action)
                 record.executed.append(obs["rgb"])
                 record.actions.append(action)

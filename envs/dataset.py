@@ -129,7 +129,8 @@ class ChunkDataset(Dataset):
 
 
 class FramePairDataset(Dataset):
-    """Inverse-dynamics samples: (frame t, frame t + 1, action t) from every step."""
+    """Inverse-dynamics samples: (frame t, frame t + 1, action t) from every step, plus the
+    end effector's position at t + 1 where the task records one (a position-predicting IDM's label)."""
 
     def __init__(self, root: str | Path, episodes: list[int] | None = None):
         self.data = load_dataset(root)
@@ -142,6 +143,9 @@ class FramePairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         e, t = self.index[i]
         episode = self.data.load_episode(e)
-        return {"frame": torch.from_numpy(episode["frames"][t]),
-                "next_frame": torch.from_numpy(episode["frames"][t + 1]),
-                "action": torch.from_numpy(np.asarray(episode["actions"][t], dtype=np.float32).reshape(-1))}
+        sample = {"frame": torch.from_numpy(episode["frames"][t]),
+                  "next_frame": torch.from_numpy(episode["frames"][t + 1]),
+                  "action": torch.from_numpy(np.asarray(episode["actions"][t], dtype=np.float32).reshape(-1))}
+        if "obs_ee_pos" in episode:
+            sample["next_ee_pos"] = torch.from_numpy(np.asarray(episode["obs_ee_pos"][t + 1], dtype=np.float32))
+        return sample

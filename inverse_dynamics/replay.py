@@ -15,15 +15,17 @@ def replay(env, idm: InverseDynamicsModel, record: dict, seed: int) -> tuple[dic
     for start in range(0, len(frames) - 1, 256):
         stop = min(start + 256, len(frames) - 1)
         predicted += idm.predict(frames[start:stop], frames[start + 1:stop + 1])
-    env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
     subgoals = [Subgoal.from_dict(s) for s in record["subgoals"]]
     current = -1
-    for t, action in enumerate(predicted):
+    executed = []
+    for t, prediction in enumerate(predicted):
         index = int(record["subgoal_index"][t])
         if index != current:
             env.start_subgoal(subgoals[index])
             current = index
-        env.step(action)
+        executed.append(idm.to_env_action(prediction, obs))
+        obs, *_ = env.step(executed[-1])
     _, true_classes = split_actions(idm.config.task, record["actions"])
-    _, predicted_classes = split_actions(idm.config.task, np.stack(predicted))
+    _, predicted_classes = split_actions(idm.config.task, np.stack(executed))
     return env.metric(), float((true_classes == predicted_classes).mean())

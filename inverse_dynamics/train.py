@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from agent.config import open_run_log, to_yaml
 from envs.dataset import FramePairDataset, load_dataset
-from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec, split_actions
+from inverse_dynamics.model import CONTINUOUS_TARGETS, IDMConfig, InverseDynamicsModel, action_spec, split_actions
 
 
 @dataclass
@@ -36,6 +36,8 @@ class TrainIDMConfig:
     batch_size: int = field(default=64, metadata={"help": "pairs per step"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     augment_prob: float = field(default=0.8, metadata={"help": "P(blur/noise/brightness) per pair"})
+    continuous_target: str = field(default="next_position", metadata={
+        "help": "return_cubes: regress the end effector's next position (next_position) or the commanded delta"})
     static_prob: float = field(default=0.1, metadata={
         "help": "discrete tasks: P(a pair is replaced by (frame, same frame) labelled action 0)"})
     val_episodes: int = field(default=8, metadata={"help": "held-out episodes for validation"})
@@ -48,6 +50,9 @@ class TrainIDMConfig:
         for name in ("max_steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.continuous_target not in CONTINUOUS_TARGETS:
+            raise ValueError(f"--continuous-target must be one of {', '.join(CONTINUOUS_TARGETS)}, "
+                             f"got {self.continuous_target!r}")
 
 
 def augment(pair: torch.Tensor, prob: float, rng: torch.Generator) -> torch.Tensor:
@@ -83,16 +88,17 @@ def _loss(model: InverseDynamicsModel, pair, continuous, classes) -> tuple[torch
     stats = {}
     if pred_continuous is not None:
         loss = loss + F.mse_loss(pred_continuous, model.normalise(continuous))
-        delta = model.denormalise(pred_continuous)
-        stats["delta_mae"] = (delta - continuous).abs().mean().item()
+        stats["continuous_mae"] = (model.denormalise(pred_continuous) - continuous).abs().mean().item()
     if logits is not None:
         loss = loss + F.cross_entropy(logits, classes)
         stats["accuracy"] = (logits.argmax(-1) == classes).float().mean().item()
     return loss, stats
 
 
-def _targets(task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    continuous, classes = split_actions(task, batch["action"].numpy())
+def _targets(model: InverseDynamicsModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    continuous, classes = split_actions(model.config.task, batch["action"].numpy())
+    if model.config.continuous_dim and model.config.continuous_target == "next_position":
+        return batch["next_ee_pos"], torch.from_numpy(classes)
     return torch.from_numpy(continuous), torch.from_numpy(classes)
 
 
@@ -106,8 +112,7 @@ def _with_static_pairs(batch: dict, prob: float, rng: torch.Generator) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: InverseDynamicsModel, loader: DataLoader, task: str, augment_prob: float = 0.0,
-             seed: int = 0) -> dict:
+def evaluate(model: InverseDynamicsModel, loader: DataLoader, augment_prob: float = 0.0, seed: int = 0) -> dict:
     rng = torch.Generator().manual_seed(seed)
     model.eval()
     totals: dict[str, list[float]] = {}
@@ -115,7 +120,7 @@ def evaluate(model: InverseDynamicsModel, loader: DataLoader, task: str, augment
         pair = model.to_input(batch["frame"], batch["next_frame"])
         if augment_prob:
             pair = augment(pair, augment_prob, rng)
-        loss, stats = _loss(model, pair, *_targets(task, batch))
+        loss, stats = _loss(model, pair, *_targets(model, batch))
         for k, v in {"loss": loss.item(), **stats}.items():
             totals.setdefault(k, []).append(v)
     model.train()
@@ -140,12 +145,19 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
     val_set = FramePairDataset(cfg.data, list(range(len(data) - val, len(data))))
     continuous_dim, classes = action_spec(cfg.task)
     classes = int(data.info.get("action_classes") or classes)  # a first-person backend has its own moves
-    all_actions = np.concatenate([data.load_episode(e)["actions"] for e in range(len(data) - val)])
-    continuous, _ = split_actions(cfg.task, all_actions)
+    train_episodes = [data.load_episode(e) for e in range(len(data) - val)]
+    if continuous_dim and cfg.continuous_target == "next_position":
+        if "obs_ee_pos" not in train_episodes[0]:
+            raise ValueError(f"--data {cfg.data} records no end-effector positions; use --continuous-target delta")
+        continuous = np.concatenate([ep["obs_ee_pos"][1:] for ep in train_episodes]).astype(np.float32)
+    else:
+        continuous, _ = split_actions(cfg.task, np.concatenate([ep["actions"] for ep in train_episodes]))
     model = InverseDynamicsModel(IDMConfig(
         task=cfg.task, image_size=int(data.info["image_size"]), continuous_dim=continuous_dim,
         discrete_classes=classes, action_mean=continuous.mean(0).tolist() if continuous_dim else [],
-        action_std=(continuous.std(0) + 1e-3).tolist() if continuous_dim else []))
+        action_std=(continuous.std(0) + 1e-3).tolist() if continuous_dim else [],
+        continuous_target=cfg.continuous_target,
+        max_step=float(data.info.get("env_config", {}).get("max_step", 1.0))))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     step = 0
     if cfg.resume:
@@ -157,7 +169,7 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
     else:
         (out / "config.yaml").write_text(to_yaml(cfg))
     val_loader = DataLoader(val_set, batch_size=256)
-    log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "val_accuracy", "val_delta_mae",
+    log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "val_accuracy", "val_continuous_mae",
                                                    "val_aug_accuracy", "seconds"], cfg.resume, step)
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     rng = torch.Generator()
@@ -174,7 +186,7 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
             if not continuous_dim and cfg.static_prob:
                 batch = _with_static_pairs(batch, cfg.static_prob, rng)
             pair = augment(model.to_input(batch["frame"], batch["next_frame"]), cfg.augment_prob, rng)
-            loss, _ = _loss(model, pair, *_targets(cfg.task, batch))
+            loss, _ = _loss(model, pair, *_targets(model, batch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; rerun with --resume and a lower --lr")
             optimizer.zero_grad()
@@ -184,12 +196,12 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
             running.append(loss.item())
             bar.update(1)
             if step % cfg.save_every == 0 or step == cfg.max_steps:
-                clean = evaluate(model, val_loader, cfg.task)
-                noisy = evaluate(model, val_loader, cfg.task, augment_prob=1.0, seed=cfg.seed)
+                clean = evaluate(model, val_loader)
+                noisy = evaluate(model, val_loader, augment_prob=1.0, seed=cfg.seed)
                 summary = {"step": step, "val_loss": clean["loss"], "val_accuracy": clean.get("accuracy"),
-                           "val_delta_mae": clean.get("delta_mae"), "val_aug_accuracy": noisy.get("accuracy")}
+                           "val_continuous_mae": clean.get("continuous_mae"), "val_aug_accuracy": noisy.get("accuracy")}
                 log.writerow([step, float(np.mean(running)), clean["loss"], clean.get("accuracy", ""),
-                              clean.get("delta_mae", ""), noisy.get("accuracy", ""), round(time.time() - started, 1)])
+                              clean.get("continuous_mae", ""), noisy.get("accuracy", ""), round(time.time() - started, 1)])
                 log_file.flush()
                 running = []
                 model.save_pretrained(out)

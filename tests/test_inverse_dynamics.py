@@ -86,7 +86,27 @@ def test_train_idm_job_on_real_episodes(cubes_dataset, tmp_path):
                          save_every=2, val_episodes=1, progress=False)
     assert run_train_idm(cfg) == 0
     model = InverseDynamicsModel.from_pretrained(tmp_path)
-    assert model.config.continuous_dim == 3 and len(model.config.action_mean) == 3
+    assert model.config.continuous_dim == 3 and model.config.continuous_target == "next_position"
+    assert model.config.max_step == 0.03 and 0.0 < model.config.action_mean[2] < 0.4  # a height in metres
+    assert torch.equal(sample["next_ee_pos"], torch.from_numpy(pairs.data.load_episode(0)["obs_ee_pos"][1]))
     with pytest.raises(ValueError, match="--resume"):
         run_train_idm(cfg)
     assert run_train_idm(TrainIDMConfig(**{**cfg.__dict__, "max_steps": 6, "resume": True})) == 0
+
+
+def test_predicted_positions_become_deltas_against_the_measured_arm():
+    import envs
+
+    model = _model(continuous_target="next_position", max_step=0.03)
+    env = envs.make("return_cubes")
+    obs, _ = env.reset(seed=3)
+    goal = obs["ee_pos"] + np.array([0.06, -0.04, -0.05], dtype=np.float32)
+    first = model.to_env_action(np.array([*goal, -1.0], dtype=np.float32), obs)
+    assert np.allclose(first[:3], [1.0, -1.0, -1.0]) and first[3] == -1.0  # clipped to one frame's reach
+    for _ in range(12):
+        obs, *_ = env.step(model.to_env_action(np.array([*goal, -1.0], dtype=np.float32), obs))
+    assert np.linalg.norm(obs["ee_pos"] - goal) < 0.005
+    assert _model().to_env_action(first, obs) is first  # delta models act as predicted
+    env.close()
+    with pytest.raises(IDMCheckpointError, match="continuous_target"):
+        IDMConfig(task="return_cubes", continuous_target="velocity")
