@@ -3,8 +3,9 @@
 For held-out seeds the expert's episode is recorded; the simulator is then reset to
 the same seed and, for every consecutive pair of recorded frames, the IDM's action is
 executed (open loop: the IDM never sees the frames its own actions produce). Reports
-the task metric of the executed episode and the IDM's accuracy on the classification
-part. The last output line is one JSON object.
+the task metric of the executed episode, the fraction of seeds within the issue's
+distance target, and the IDM's accuracy on the classification part. The last output
+line is one JSON object.
 
 Usage: python scripts/bench_idm.py --task retrace [--seed 10000] [--episodes 10] [--checkpoint DIR]
 """
@@ -21,6 +22,11 @@ from envs.collect import rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
 from worldmodel.generate import default_checkpoint
+
+
+# Issue targets: a robot episode counts when its cubes end within 3 cm on average; a
+# retrace episode when the return passes within half a block of the waypoints.
+TARGET = {"return_cubes": 0.03, "retrace": 0.5}
 
 
 def main() -> None:
@@ -45,7 +51,10 @@ def main() -> None:
     print(json.dumps({"task": args.task, "accuracy": round(float(np.mean(accuracies)), 4),
                       "distance_mean": round(float(np.mean(distances)), 4),
                       "distance_max": round(float(np.max(distances)), 4),
-                      "success_rate": round(float(np.mean(successes)), 3), "seeds": seeds}))
+                      "success_rate": round(float(np.mean(successes)), 3),
+                      "within_target_rate": round(float(np.mean(np.array(distances) <= TARGET[args.task])), 3),
+                      "target_distance": TARGET[args.task],
+                      "distances": [round(float(d), 4) for d in distances], "seeds": seeds}))
 
 
 if __name__ == "__main__":
