@@ -95,3 +95,15 @@ def test_variants_train_on_the_windows_they_specify():
     assert clean == 0 and len(starts) == 1
     with pytest.raises(EpisodeMemoryError, match="variant"):
         MemoryConfig(variant="episodic")
+
+
+def test_memory_learns_inside_a_no_grad_rollout():
+    import numpy as np
+
+    model = _model()
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2))
+    adapter_hash = _hash(memory.params)
+    first = np.zeros((64, 64, 3), dtype=np.uint8)
+    video = model.rollout(first, ["go left for 3 steps", "go up for 3 steps"], after_chunk=memory.update)
+    assert video.shape == (17, 64, 64, 3) and len(memory.losses) == 2
+    assert _hash(memory.params) != adapter_hash

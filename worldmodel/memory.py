@@ -134,6 +134,7 @@ class EpisodeMemory:
             return self.model.training_loss(context, context_len, target, empty, self.generator)
         return self.model.whole_window_loss(window, empty, self.generator)
 
+    @torch.enable_grad()  # generation loops run under no_grad; fast learning must still backprop
     def update(self, previous: torch.Tensor, new: torch.Tensor) -> list[float]:
         """Fast learning after one chunk: ``steps`` Adam steps on the adapter only."""
         sequence = torch.cat([previous, new], dim=2) if self.history is None else torch.cat([self.history, new], dim=2)
