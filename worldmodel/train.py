@@ -71,7 +71,7 @@ def _split(num_episodes: int, val_episodes: int) -> tuple[list[int], list[int]]:
     return list(range(num_episodes - val)), list(range(num_episodes - val, num_episodes))
 
 
-def _latent_scale(dataset: ChunkDataset, factor: int) -> float:
+def latent_scale_of(dataset: ChunkDataset) -> float:
     """1 / std of the pixel latents, so diffusion noise and data have comparable scale."""
     frames = [dataset.data.load_episode(e)["frames"][::16] for e in range(min(8, len(dataset.data)))]
     x = np.concatenate(frames).astype(np.float32) / 127.5 - 1.0
@@ -134,7 +134,7 @@ def run_train(cfg: TrainConfig) -> dict:
         image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
         chunk_frames=int(data.info["chunk_frames"]), block_out_channels=tuple(cfg.block_out_channels),
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
-        latent_scale=_latent_scale(train_set, 4))
+        latent_scale=latent_scale_of(train_set))
     if cfg.init_from and not cfg.resume:
         model = VideoWorldModel.from_pretrained(cfg.init_from)
         if model.config.task != cfg.task:
