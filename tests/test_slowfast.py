@@ -80,4 +80,5 @@ def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dat
     (tmp_path / "ft" / "state" / "progress.json").write_text(json.dumps({"episodes_done": 1}))
     assert run_finetune(FinetuneConfig(**common, max_episodes=1, resume=True)) == 0
     with open(tmp_path / "ft" / "log.csv") as f:
-        assert [r["episodes_done"] for r in csv.DictReader(f)] == ["1", "2", "2"]
+        assert [r["episodes_done"] for r in csv.DictReader(f)] == ["1", "2"]  # episode 2's row is the rerun's
+    assert json.loads((tmp_path / "ft" / "state" / "progress.json").read_text()) == {"episodes_done": 2}
