@@ -120,7 +120,8 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
     ax.bar(names, means, yerr=stds, capsize=4, color=["#999" if n in REFERENCES else "#3a7" for n in names])
     ax.set_ylabel("distance (m)" if results["task"] == "return_cubes" else "distance (blocks)")
-    ax.set_title(f"{results['task']}: distance to the original places (lower is better)")
+    measured = "cubes to their original places" if results["task"] == "return_cubes" else "return path to the waypoints"
+    ax.set_title(f"{results['task']}: distance of the {measured} (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
