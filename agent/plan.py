@@ -38,7 +38,8 @@ class PlanConfig:
     seed: int = field(default=0, metadata={"help": "episode seed"})
     out: str = field(default="runs/plan", metadata={"help": "output folder"})
     goal: str | None = field(default=None, metadata={"help": "goal text (default: the episode's own goal)"})
-    llm: str = field(default="rules", metadata={"help": "decomposer: rules | openai (OPENAI_BASE_URL, OPENAI_API_KEY)"})
+    llm: str = field(default="rules", metadata={
+        "help": "decomposer: rules | local (SmolLM2-135M, offline) | openai (OPENAI_BASE_URL, OPENAI_API_KEY)"})
     llm_model: str | None = field(default=None, metadata={"help": "model name for --llm openai "
                                                           "(default: $SLOWFAST_LLM_MODEL)"})
     closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
@@ -50,8 +51,8 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
-        if self.llm not in ("rules", "openai"):
-            raise ConfigError(f"--llm must be rules or openai, got {self.llm!r}")
+        if self.llm not in ("rules", "local", "openai"):
+            raise ConfigError(f"--llm must be rules, local or openai, got {self.llm!r}")
 
 
 def checkpoint_paths(cfg: PlanConfig) -> tuple[Path, Path]:
@@ -74,6 +75,10 @@ def decompose(cfg: PlanConfig, goal: str, context: dict) -> tuple[list, dict]:
         from agent.llm import OpenAIDecomposer
 
         return OpenAIDecomposer(model=cfg.llm_model)(cfg.task, goal, context)
+    if cfg.llm == "local":
+        from agent.local_llm import LocalLLMDecomposer
+
+        return LocalLLMDecomposer()(cfg.task, goal, context)
     return rules(cfg.task, goal, context), {"source": "rules"}
 
 

@@ -1,16 +1,18 @@
 """How often each decomposer turns a paraphrased goal into the right subgoal sequence.
 
 The goals are written by hand with varied wording (number words, compass directions,
-different verbs and orders of phrases). ``--llm openai`` also scores an
-OpenAI-compatible endpoint (OPENAI_BASE_URL, SLOWFAST_LLM_MODEL). Last line: JSON.
+different verbs and orders of phrases). ``--llm local`` scores the offline SmolLM2
+decomposer, ``--llm openai`` an OpenAI-compatible endpoint (OPENAI_BASE_URL,
+SLOWFAST_LLM_MODEL). Last line: JSON.
 
-Usage: python scripts/bench_decompose.py [--llm rules,openai]
+Usage: python scripts/bench_decompose.py [--llm rules,local,openai]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from agent.decompose import DecompositionError, rules
 
@@ -113,8 +115,15 @@ def main() -> None:
 
             llm = OpenAIDecomposer(attempts=1)
             out["openai"] = score(lambda task, goal, context: llm(task, goal, context)[0])
+        elif name == "local":
+            from agent.local_llm import LocalLLMDecomposer
+
+            local = LocalLLMDecomposer()
+            started = time.time()
+            out["local"] = score(lambda task, goal, context: local(task, goal, context)[0])
+            out["local"]["seconds_per_goal"] = round((time.time() - started) / (len(CUBES) + len(RETRACE)), 2)
         else:
-            raise SystemExit(f"unknown decomposer {name!r}; use rules or openai")
+            raise SystemExit(f"unknown decomposer {name!r}; use rules, local or openai")
     print(json.dumps(out))
 
 

@@ -57,6 +57,59 @@ def test_empty_context_slots_are_zeroed_and_flagged(tiny_model):
     assert sample[0, c, :, 0, 0].tolist() == [0, 0, 0, 1] + [0] * tiny_model.config.chunk_frames
 
 
+def test_latent_space_is_lossless_with_shift_and_scale():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64, 3), dtype=np.uint8)
+    model = VideoWorldModel(WorldModelConfig(**TINY, latent_shift=-0.45, latent_scale=1.8))
+    latents = model.latent.encode(frames)
+    assert latents.shape == (2, 48, 3, 16, 16)
+    assert np.array_equal(model.latent.decode(latents), frames)
+
+
+class OracleUNet(torch.nn.Module):
+    """Returns the exact v (or eps) that leads every noised frame to ``clean``."""
+
+    def __init__(self, model, clean):
+        super().__init__()
+        self.model, self.clean = model, clean
+
+    def forward(self, sample, t, encoder_hidden_states):
+        fc, c = self.model.config.context_frames, self.model.config.latent_channels
+        noisy = sample[:, :c, fc:]
+        alpha_bar = self.model.train_scheduler.alphas_cumprod[int(t)]
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        clean = self.clean.expand_as(noisy)
+        eps = (noisy - a * clean) / s
+        out = eps if self.model.config.prediction_type == "epsilon" else a * eps - s * clean
+        padded = torch.cat([torch.zeros_like(sample[:, :c, :fc]), out], dim=2)
+        return type("Output", (), {"sample": padded})()
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_sampler_reaches_the_clean_latents_given_exact_predictions(prediction_type):
+    model = VideoWorldModel(WorldModelConfig(**{**TINY, "sample_steps": 20}, prediction_type=prediction_type))
+    context, target = _window(model, batch=1)
+    clean = target.clamp(-1, 1)
+    chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                 unet=OracleUNet(model, clean))
+    assert torch.allclose(chunk, clean, atol=1e-3)
+
+
+def test_v_prediction_regresses_velocity_and_epsilon_regresses_noise():
+    v_model = VideoWorldModel(WorldModelConfig(**TINY))
+    eps_model = VideoWorldModel(WorldModelConfig(**TINY, prediction_type="epsilon"))
+    _, clean = _window(v_model)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([10, 990])
+    noisy = v_model.train_scheduler.add_noise(clean, noise, t)
+    v = v_model.regression_target(clean, noise, t)
+    alpha_bar = v_model.train_scheduler.alphas_cumprod[t][:, None, None, None, None]
+    # The x0 estimate from v has no 1/alpha in it: what makes v robust at t ~ T.
+    assert torch.allclose(alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v, clean, atol=1e-4)
+    assert torch.equal(eps_model.regression_target(clean, noise, t), noise)
+    with pytest.raises(CheckpointError, match="prediction_type"):
+        VideoWorldModel(WorldModelConfig(**TINY, prediction_type="sample"))
+
+
 def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

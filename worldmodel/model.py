@@ -25,6 +25,7 @@ from worldmodel.latent import SpaceToDepth
 from worldmodel.text import ENCODERS, TextEncoder
 
 CONFIG_NAME = "worldmodel.json"
+PREDICTION_TYPES = ("v_prediction", "epsilon")
 
 
 class CheckpointError(ValueError):
@@ -35,6 +36,7 @@ class CheckpointError(ValueError):
 class WorldModelConfig:
     image_size: int = 64
     latent_factor: int = 4
+    latent_shift: float = 0.0
     latent_scale: float = 1.0
     context_frames: int = 4
     chunk_frames: int = 8
@@ -47,11 +49,19 @@ class WorldModelConfig:
     text_encoder: str = "all-MiniLM-L6-v2"
     num_train_timesteps: int = 1000
     sample_steps: int = 20
+    solver_order: int = 2  # DPM-Solver++ order; 1 is DDIM-like and steadier with an imperfect model
     image_guidance: float = 2.0
     text_guidance: float = 5.0
-    # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen): this is pixel-space
-    # diffusion, and without it an imperfect eps at t ~ T is amplified ~1/alpha ~ 150x.
-    thresholding: bool = True
+    # What the UNet predicts. "v_prediction" (v = alpha eps - sigma x0): with
+    # unit-variance latents the x0 estimate is alpha x_t - sigma v, so UNet errors are
+    # never amplified. "epsilon" must copy i.i.d. noise through the UNet's narrowest,
+    # SiLU-gated layer (48 channels for 48 latent channels), which it learns very slowly
+    # (checkpoints/README.md), and x0 = (x_t - sigma eps) / alpha amplifies what it
+    # gets wrong ~100x at t ~ T.
+    prediction_type: str = "v_prediction"
+    # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
+    # [-1, 1], so it only suits latents in that range.
+    thresholding: bool = False
     task: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -90,12 +100,14 @@ class VideoWorldModel:
                  text_encoder: TextEncoder | None = None):
         self.config = config
         self.unet = unet if unet is not None else build_unet(config)
-        self.latent = SpaceToDepth(config.latent_factor, config.latent_scale)
+        if config.prediction_type not in PREDICTION_TYPES:
+            raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
-                                             prediction_type="epsilon")
+                                             prediction_type=config.prediction_type)
         self.sampler = DPMSolverMultistepScheduler.from_config(
-            self.train_scheduler.config, thresholding=config.thresholding,
+            self.train_scheduler.config, thresholding=config.thresholding, solver_order=config.solver_order,
             sample_max_value=float(config.latent_scale))
 
     # --- inputs -------------------------------------------------------------------------
@@ -124,10 +136,16 @@ class VideoWorldModel:
         clean = torch.cat([valid, torch.zeros(b, noisy.shape[2], device=context.device)], dim=1)
         return self.unet_input(frames, clean)
 
-    def predict_noise(self, context, context_len, noisy, timesteps, text_embeddings) -> torch.Tensor:
+    def predict(self, context, context_len, noisy, timesteps, text_embeddings) -> torch.Tensor:
+        """The UNet's prediction (``config.prediction_type``) for the noised frames only."""
         sample = self.window_input(context, context_len, noisy)
         out = self.unet(sample, timesteps, encoder_hidden_states=text_embeddings).sample
         return out[:, :, context.shape[2]:]
+
+    def regression_target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.config.prediction_type == "epsilon":
+            return noise
+        return self.train_scheduler.get_velocity(clean, noise, t)
 
     # --- training (Eq. 2) ---------------------------------------------------------------
     def training_loss(self, context, context_len, target, text_embeddings,
@@ -135,8 +153,8 @@ class VideoWorldModel:
         noise = torch.randn(target.shape, generator=generator)
         t = torch.randint(0, self.config.num_train_timesteps, (target.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(target, noise, t)
-        predicted = self.predict_noise(context, context_len, noisy, t, text_embeddings)
-        return F.mse_loss(predicted, noise)
+        predicted = self.predict(context, context_len, noisy, t, text_embeddings)
+        return F.mse_loss(predicted, self.regression_target(target, noise, t))
 
     def whole_window_loss(self, frames: torch.Tensor, text_embeddings: torch.Tensor,
                           generator: torch.Generator | None = None) -> torch.Tensor:
@@ -146,7 +164,7 @@ class VideoWorldModel:
         noisy = self.train_scheduler.add_noise(frames, noise, t)
         clean = torch.zeros(frames.shape[0], frames.shape[2])
         predicted = self.unet(self.unet_input(noisy, clean), t, encoder_hidden_states=text_embeddings).sample
-        return F.mse_loss(predicted, noise)
+        return F.mse_loss(predicted, self.regression_target(frames, noise, t))
 
     # --- sampling -------------------------------------------------------------------------
     @torch.no_grad()
@@ -156,8 +174,8 @@ class VideoWorldModel:
                        unet=None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
-        Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), with the
-        three passes (no image + no text, image + no text, image + text) in one batch.
+        Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img) (applied to
+        the UNet's prediction, eps or v, both linear in the score), with the three passes (no image + no text, image + no text, image + text) in one batch.
         """
         cfg = self.config
         unet = unet or self.unet
@@ -184,8 +202,8 @@ class VideoWorldModel:
         unet.eval()
         for t in sampler.timesteps:
             sample = self.window_input(ctx3, len3, torch.cat([latents] * 3))
-            eps = unet(sample, t, encoder_hidden_states=txt3).sample[:, :, cfg.context_frames:]
-            e_u, e_i, e_t = eps.chunk(3)
+            out = unet(sample, t, encoder_hidden_states=txt3).sample[:, :, cfg.context_frames:]
+            e_u, e_i, e_t = out.chunk(3)
             guided = e_u + g_i * (e_i - e_u) + g_t * (e_t - e_i)
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
-from worldmodel.model import VideoWorldModel, WorldModelConfig
+from worldmodel.model import PREDICTION_TYPES, VideoWorldModel, WorldModelConfig
 
 
 @dataclass
@@ -57,11 +57,15 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
     attention_head_dim: int = field(default=4, metadata={"help": "UNet attention heads"})
     norm_num_groups: int = field(default=16, metadata={"help": "UNet GroupNorm groups"})
+    prediction_type: str = field(default="v_prediction", metadata={"help": "UNet target: v_prediction or epsilon"})
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"--prediction-type must be one of {', '.join(PREDICTION_TYPES)}, "
+                             f"got {self.prediction_type!r}")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
 
@@ -71,11 +75,12 @@ def _split(num_episodes: int, val_episodes: int) -> tuple[list[int], list[int]]:
     return list(range(num_episodes - val)), list(range(num_episodes - val, num_episodes))
 
 
-def latent_scale_of(dataset: ChunkDataset) -> float:
-    """1 / std of the pixel latents, so diffusion noise and data have comparable scale."""
+def latent_stats_of(dataset: ChunkDataset) -> tuple[float, float]:
+    """(mean, 1 / std) of the pixel latents: centred unit-variance data is what the
+    noise schedule and v-prediction assume."""
     frames = [dataset.data.load_episode(e)["frames"][::16] for e in range(min(8, len(dataset.data)))]
     x = np.concatenate(frames).astype(np.float32) / 127.5 - 1.0
-    return float(1.0 / max(x.std(), 1e-3))
+    return float(x.mean()), float(1.0 / max(x.std(), 1e-3))
 
 
 def _batch_to_latents(model: VideoWorldModel, batch: dict) -> tuple:
@@ -130,11 +135,12 @@ def run_train(cfg: TrainConfig) -> dict:
     train_set = ChunkDataset(cfg.data, cfg.context_frames, train_eps)
     val_set = ChunkDataset(cfg.data, cfg.context_frames, val_eps)
 
+    shift, scale = latent_stats_of(train_set)
     model_config = WorldModelConfig(
         image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
         chunk_frames=int(data.info["chunk_frames"]), block_out_channels=tuple(cfg.block_out_channels),
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
-        latent_scale=latent_scale_of(train_set))
+        latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type)
     if cfg.init_from and not cfg.resume:
         model = VideoWorldModel.from_pretrained(cfg.init_from)
         if model.config.task != cfg.task:
