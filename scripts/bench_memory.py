@@ -8,6 +8,7 @@ simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 fra
 Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--memory-steps 1]
+       [--targets temporal|spatial+temporal]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import envs
 from envs.collect import rollout_expert
 from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import EpisodeMemory, MemoryConfig
+from worldmodel.memory import TARGETS, EpisodeMemory, MemoryConfig
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import psnr
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=1)
     parser.add_argument("--memory-steps", type=int, default=1)
+    parser.add_argument("--targets", default="temporal", choices=sorted(TARGETS), help="Temp-LoRA target set")
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
     path = args.checkpoint or default_checkpoint(args.task, "worldmodel")
@@ -52,7 +54,7 @@ def main() -> None:
         pairs = revisit_pairs(args.task, observations)
         for mode in MODES:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
-            memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, seed=seed)) if mode == "temp-lora" else None
+            memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, targets=args.targets, seed=seed)) if mode == "temp-lora" else None
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
                                   after_chunk=memory.update if memory else None)
@@ -68,7 +70,7 @@ def main() -> None:
         "task": args.task, "frames": int(len(record["frames"])), "revisit_pairs": len(pairs),
         "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
         "seconds_per_chunk": per_chunk, "overhead": round(per_chunk["temp-lora"] / per_chunk["none"] - 1, 4),
-        "memory_steps": args.memory_steps, "seeds": seeds}))
+        "memory_steps": args.memory_steps, "targets": args.targets, "seeds": seeds}))
 
 
 if __name__ == "__main__":

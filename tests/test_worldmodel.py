@@ -84,9 +84,11 @@ class OracleUNet(torch.nn.Module):
         return type("Output", (), {"sample": padded})()
 
 
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim"])
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
-def test_sampler_reaches_the_clean_latents_given_exact_predictions(prediction_type):
-    model = VideoWorldModel(WorldModelConfig(**{**TINY, "sample_steps": 20}, prediction_type=prediction_type))
+def test_sampler_reaches_the_clean_latents_given_exact_predictions(prediction_type, sampler):
+    model = VideoWorldModel(WorldModelConfig(**{**TINY, "sample_steps": 20}, prediction_type=prediction_type,
+                                             sampler=sampler))
     context, target = _window(model, batch=1)
     clean = target.clamp(-1, 1)
     chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
@@ -108,6 +110,8 @@ def test_v_prediction_regresses_velocity_and_epsilon_regresses_noise():
     assert torch.equal(eps_model.regression_target(clean, noise, t), noise)
     with pytest.raises(CheckpointError, match="prediction_type"):
         VideoWorldModel(WorldModelConfig(**TINY, prediction_type="sample"))
+    with pytest.raises(CheckpointError, match="sampler"):
+        VideoWorldModel(WorldModelConfig(**TINY, sampler="euler"))
 
 
 def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):
