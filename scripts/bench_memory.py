@@ -54,7 +54,9 @@ def main() -> None:
         pairs = revisit_pairs(args.task, observations)
         for mode in MODES:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
-            memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, targets=args.targets, seed=seed)) if mode == "temp-lora" else None
+            memory = None
+            if mode == "temp-lora":
+                memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, targets=args.targets, seed=seed))
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
                                   after_chunk=memory.update if memory else None)

@@ -26,7 +26,7 @@ from worldmodel.text import ENCODERS, TextEncoder
 
 CONFIG_NAME = "worldmodel.json"
 PREDICTION_TYPES = ("v_prediction", "epsilon")
-SAMPLERS = ("dpmsolver++", "ddim")
+SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
 
 
 class CheckpointError(ValueError):
@@ -50,9 +50,7 @@ class WorldModelConfig:
     text_encoder: str = "all-MiniLM-L6-v2"
     num_train_timesteps: int = 1000
     sample_steps: int = 20
-    # "dpmsolver++" (DPM-Solver++ multistep, `solver_order`) or "ddim". With an imperfect
-    # UNet the higher-order extrapolation carries its errors forward; checkpoints/README.md
-    # has the measured PSNR of both on held-out chunks.
+    # "dpmsolver++" (multistep, `solver_order`) or "ddim"; both measured in checkpoints/README.md.
     sampler: str = "dpmsolver++"
     solver_order: int = 2
     image_guidance: float = 2.0
@@ -107,20 +105,18 @@ class VideoWorldModel:
         self.unet = unet if unet is not None else build_unet(config)
         if config.prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        if config.sampler not in SAMPLERS:
+            raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
                                              prediction_type=config.prediction_type)
-        if config.sampler not in SAMPLERS:
-            raise CheckpointError(f"sampler {config.sampler!r} is not one of {SAMPLERS}")
-        if config.sampler == "ddim":
-            self.sampler = DDIMScheduler.from_config(
-                self.train_scheduler.config, timestep_spacing="trailing", thresholding=config.thresholding,
-                sample_max_value=float(config.latent_scale))
-        else:
-            self.sampler = DPMSolverMultistepScheduler.from_config(
-                self.train_scheduler.config, thresholding=config.thresholding, solver_order=config.solver_order,
-                sample_max_value=float(config.latent_scale))
+        # DDIM's default "leading" spacing would start sampling at t = 950, not at pure noise.
+        schedule = {"solver_order": config.solver_order} if config.sampler == "dpmsolver++" else {
+            "timestep_spacing": "trailing"}
+        self.sampler = SAMPLERS[config.sampler].from_config(
+            self.train_scheduler.config, thresholding=config.thresholding,
+            sample_max_value=float(config.latent_scale), **schedule)
 
     # --- inputs -------------------------------------------------------------------------
     def empty_text(self, batch: int) -> torch.Tensor:
