@@ -87,23 +87,34 @@ def _reference_episode(kind: str, cfg: EvaluateConfig, seed: int, idm: InverseDy
     record = rollout_expert(env, envs.expert_for(env), seed)
     metric = record["metric"] if kind == "expert" else replay(env, idm, record, seed)[0]
     env.close()
-    return {"seed": seed, "distance": metric["distance"], "success": metric["success"], "seconds": 0.0}
+    return {"seed": seed, "distance": metric["distance"], "success": metric["success"], "metric": metric,
+            "seconds": 0.0}
 
 
 def summarise(per_episode: list[dict]) -> dict:
     d = np.array([e["distance"] for e in per_episode])
-    return {"distance_mean": float(d.mean()), "distance_std": float(d.std()),
-            "success_rate": float(np.mean([e["success"] for e in per_episode])),
-            "seconds_per_episode": float(np.mean([e["seconds"] for e in per_episode])),
-            "per_episode": [{k: e[k] for k in ("seed", "distance", "success")} for e in per_episode]}
+    summary = {"distance_mean": float(d.mean()), "distance_std": float(d.std()),
+               "success_rate": float(np.mean([e["success"] for e in per_episode])),
+               "seconds_per_episode": float(np.mean([e["seconds"] for e in per_episode])),
+               "per_episode": [{k: e[k] for k in ("seed", "distance", "success")} for e in per_episode]}
+    # return_cubes: a small distance only means something if the cubes were moved aside first.
+    if all("moved_away" in e.get("metric", {}) for e in per_episode):
+        summary["moved_away_rate"] = float(np.mean([e["metric"]["moved_away"] for e in per_episode]))
+        for row, e in zip(summary["per_episode"], per_episode):
+            row["moved_away"] = e["metric"]["moved_away"]
+            row["max_displacement"] = e["metric"]["max_displacement"]
+    return summary
 
 
 def write_table(results: dict, path: Path) -> None:
     unit = "m" if results["task"] == "return_cubes" else "blocks"
-    lines = [f"| variant | distance ({unit}) mean ± std | success | s / episode |", "| --- | --- | --- | --- |"]
+    moved = all("moved_away_rate" in row for row in results["variants"].values())
+    lines = [f"| variant | distance ({unit}) mean ± std | " + ("moved aside | " if moved else "")
+             + "success | s / episode |", "| --- | --- | " + ("--- | " if moved else "") + "--- | --- |"]
     for name, row in results["variants"].items():
         lines.append(f"| {name} | {row['distance_mean']:.4f} ± {row['distance_std']:.4f} | "
-                     f"{row['success_rate']:.0%} | {row['seconds_per_episode']:.1f} |")
+                     + (f"{row['moved_away_rate']:.0%} | " if moved else "")
+                     + f"{row['success_rate']:.0%} | {row['seconds_per_episode']:.1f} |")
     path.write_text(f"{results['task']} ({results['backend']}), seeds {results['seed']}.."
                     f"{results['seed'] + results['episodes'] - 1}\n\n" + "\n".join(lines) + "\n")
 

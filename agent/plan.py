@@ -94,6 +94,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     started = time.time()
     metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar)
     seconds = time.time() - started
+    fps = env.metadata["render_fps"]
     env.close()
     episode = {
         "task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "memory": cfg.memory, "goal": goal,
@@ -108,7 +109,6 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     (out / "config.yaml").write_text(to_yaml(cfg))
     (out / "episode.json").write_text(json.dumps(episode, indent=2))
     if cfg.videos:
-        fps = envs.make(cfg.task, cfg.backend).metadata["render_fps"]
         imagined, executed = np.stack(record.imagined), np.stack(record.executed)
         n = min(len(imagined), len(executed))
         write_video(out / "imagined.mp4", imagined, fps)

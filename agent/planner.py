@@ -13,6 +13,7 @@ memory puts the episode's first frame in the oldest context slot (Streaming-T2V-
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -73,7 +74,8 @@ class Planner:
                 env.start_subgoal(subgoal)
             context = self._context(record.executed, imagined_latents, anchor)
             began = time.perf_counter()
-            new = self.model.generate_chunk(context, [subgoal.text], generator=generator)
+            with self.memory.merged() if self.memory is not None else contextlib.nullcontext():
+                new = self.model.generate_chunk(context, [subgoal.text], generator=generator)
             record.chunk_seconds.append(time.perf_counter() - began)
             if self.memory is not None:
                 began = time.perf_counter()

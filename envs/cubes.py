@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.cubes_hooks import CubesHooks
 from tasks import return_cubes as task
 
 
@@ -74,9 +75,8 @@ class CubesEnvConfig:
             raise ValueError(f"max_step must be in (0, 0.1] metres, got {self.max_step}")
 
 
-class CubesEnv(gym.Env):
+class CubesEnv(CubesHooks, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
-    task_name = task.NAME
 
     def __init__(self, config: CubesEnvConfig | None = None, render_mode: str | None = "rgb_array",
                  **overrides):
@@ -100,7 +100,6 @@ class CubesEnv(gym.Env):
         self._view = self._client.computeViewMatrix(cfg.camera_eye, cfg.camera_target, [0, 0, 1])
         self._proj = self._client.computeProjectionMatrixFOV(cfg.camera_fov, 1.0, 0.05, 5.0)
         self.layout: task.EpisodeLayout | None = None
-        self.initial_cube_pos: np.ndarray | None = None
         self._frame: np.ndarray | None = None
         self._steps = 0
 
@@ -145,9 +144,9 @@ class CubesEnv(gym.Env):
         # Let the arm reach home and the cubes settle before the first frame.
         for _ in range(3):
             self._simulate()
-        self.initial_cube_pos = self.cube_positions()
         self._steps = 0
         obs = self._observe()
+        self._track_cubes(self.cube_positions(), reset=True)
         return obs, self._info()
 
     def step(self, action):
@@ -161,6 +160,7 @@ class CubesEnv(gym.Env):
         self._simulate()
         self._steps += 1
         obs = self._observe()
+        self._track_cubes(self.cube_positions())
         truncated = self._steps >= self.config.max_episode_steps
         return obs, 0.0, False, truncated, self._info()
 
@@ -187,21 +187,8 @@ class CubesEnv(gym.Env):
     def ee_target(self) -> np.ndarray:
         return self._ee_target.copy()
 
-    def goal_text(self) -> str:
-        return task.goal_text(self.layout.colours)
-
-    def subgoal_context(self) -> dict:
-        """What a decomposer may know of the episode: which cubes exist."""
-        return {"colours": self.layout.colours}
-
     def subgoals(self) -> list:
         return task.canonical_subgoals(self.layout)
-
-    def start_subgoal(self, subgoal) -> None:
-        """The cube metric does not depend on phases."""
-
-    def metric(self) -> dict:
-        return task.metric(self.initial_cube_pos, self.cube_positions(), self.layout.colours)
 
     def _drive(self) -> None:
         c = self._client

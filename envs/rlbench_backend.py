@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from envs import BackendUnavailableError
+from envs.cubes_hooks import CubesHooks
+from tasks import return_cubes as task
 
 INSTALL_HELP = (
     "the rlbench backend needs CoppeliaSim 4.1, PyRep and RLBench: install CoppeliaSim 4.1 "
@@ -51,8 +53,10 @@ def from_rlbench_observation(front_rgb: np.ndarray, gripper_pose: np.ndarray,
     }
 
 
-class RLBenchCubesEnv:
+class RLBenchCubesEnv(CubesHooks):
     """gymnasium-style wrapper; constructed only when RLBench is importable."""
+
+    metadata = {"render_fps": 10}
 
     def __init__(self, image_size: int = 64, max_step: float = 0.03, num_cubes: int = 2,
                  rlbench_task: str = "ReturnCubes", headless: bool = True, **_ignored):
@@ -83,10 +87,10 @@ class RLBenchCubesEnv:
         self._task = self._env.get_task(getattr(rlbench_tasks, rlbench_task))
         self._shape = Shape
         self._cube_names = CUBE_NAMES[:num_cubes]
+        self.colours = tuple(list(task.CUBE_COLOURS)[:num_cubes])
         self.max_step = max_step
         self._hand_down = None
         self._last = None
-        self.initial_cube_pos = None
 
     def _cube_positions(self) -> np.ndarray:
         return np.array([self._shape(name).get_position() for name in self._cube_names])
@@ -101,7 +105,7 @@ class RLBenchCubesEnv:
         descriptions, obs = self._task.reset()
         self._last = obs
         self._hand_down = np.asarray(obs.gripper_pose[3:], dtype=np.float64)
-        self.initial_cube_pos = self._cube_positions()
+        self._track_cubes(self._cube_positions(), reset=True)
         return self._convert(obs), {"descriptions": descriptions,
                                     "initial_cube_pos": self.initial_cube_pos}
 
@@ -109,6 +113,7 @@ class RLBenchCubesEnv:
         rl_action = to_rlbench_action(action, self._last.gripper_pose, self.max_step, self._hand_down)
         obs, reward, terminate = self._task.step(rl_action)
         self._last = obs
+        self._track_cubes(self._cube_positions())
         return self._convert(obs), float(reward), bool(terminate), False, {}
 
     def render(self):

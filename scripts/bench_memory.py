@@ -59,7 +59,7 @@ def main() -> None:
                 memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, targets=args.targets, seed=seed))
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
-                                  after_chunk=memory.update if memory else None)
+                                  memory=memory)
             if mode in seconds:
                 seconds[mode].append((time.perf_counter() - began) / len(texts))
             scores[mode]["scuts"].append(scene_cuts(video))

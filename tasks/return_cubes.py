@@ -34,6 +34,10 @@ START_REGION_Y = (-0.10, 0.10)
 MIN_CUBE_SEPARATION = 0.09
 
 SUCCESS_RADIUS = 0.02
+# A cube counts as moved aside once it has been this far from its start: every place
+# is >= 0.12 m from the start region, so a cube that never left it cannot pass as
+# "returned".
+MOVED_AWAY_RADIUS = 0.10
 # Every subgoal is padded to this many frames by holding still, so chunks never mix
 # two subgoals and the planner knows how many chunks a subgoal gets.
 FRAMES_PER_SUBGOAL = 64
@@ -100,11 +104,19 @@ def frames_for(subgoal: Subgoal) -> int:
     return FRAMES_PER_SUBGOAL
 
 
-def metric(initial_pos: np.ndarray, final_pos: np.ndarray, colours: tuple[str, ...]) -> dict:
-    """Paper Table 2 "Dist": mean Euclidean distance of each cube to where it started."""
+def metric(initial_pos: np.ndarray, final_pos: np.ndarray, colours: tuple[str, ...],
+           max_displacement: np.ndarray | None = None) -> dict:
+    """Paper Table 2 "Dist": mean Euclidean distance of each cube to where it started.
+
+    With ``max_displacement`` (farthest each cube got from its start during the episode),
+    success also needs every cube to have been moved aside, and ``moved_away`` says
+    whether they were.
+    """
     per_cube = np.linalg.norm(np.asarray(final_pos) - np.asarray(initial_pos), axis=-1)
-    return {
-        "distance": float(per_cube.mean()),
-        "per_cube": {c: float(d) for c, d in zip(colours, per_cube)},
-        "success": bool((per_cube < SUCCESS_RADIUS).all()),
-    }
+    returned = bool((per_cube < SUCCESS_RADIUS).all())
+    out = {"distance": float(per_cube.mean()), "per_cube": {c: float(d) for c, d in zip(colours, per_cube)}}
+    if max_displacement is None:
+        return {**out, "success": returned}
+    moved = np.asarray(max_displacement) >= MOVED_AWAY_RADIUS
+    return {**out, "max_displacement": {c: float(d) for c, d in zip(colours, max_displacement)},
+            "moved_away": bool(moved.all()), "success": returned and bool(moved.all())}

@@ -70,12 +70,26 @@ def test_expert_returns_cubes_precisely():
         for action in expert.actions(subgoal):
             env.step(action)
     moved = env.metric()
-    assert moved["distance"] > 0.1 and not moved["success"]
+    assert moved["distance"] > 0.1 and not moved["success"] and moved["moved_away"]
     for subgoal in subgoals[2:]:
         for action in expert.actions(subgoal):
             env.step(action)
     done = env.metric()
     assert done["success"] and done["distance"] < 0.005
+    assert min(done["max_displacement"].values()) > return_cubes.MOVED_AWAY_RADIUS
+    env.close()
+
+
+def test_untouched_cubes_are_not_a_success():
+    """Cubes that never left their places sit at distance 0, but the task was not done."""
+    env = CubesEnv()
+    env.reset(seed=11)
+    for _ in range(20):
+        env.step(np.array([0.0, 0.0, 0.3, 0.0]))
+    m = env.metric()
+    assert m["distance"] < return_cubes.SUCCESS_RADIUS
+    assert not m["moved_away"] and not m["success"]
+    assert max(m["max_displacement"].values()) < return_cubes.MOVED_AWAY_RADIUS
     env.close()
 
 
@@ -87,7 +101,11 @@ def test_task_registry_and_metric():
     m = return_cubes.metric(np.zeros((2, 3)), np.array([[0.03, 0, 0], [0.0, 0.01, 0]]), ("red", "blue"))
     assert m["distance"] == pytest.approx(0.02)
     assert m["per_cube"] == {"red": pytest.approx(0.03), "blue": pytest.approx(0.01)}
-    assert not m["success"]
+    assert not m["success"] and "moved_away" not in m
+    near = np.array([[0.005, 0, 0], [0.0, 0.01, 0]])
+    assert return_cubes.metric(np.zeros((2, 3)), near, ("red", "blue"), np.array([0.15, 0.2]))["success"]
+    stayed = return_cubes.metric(np.zeros((2, 3)), near, ("red", "blue"), np.array([0.15, 0.05]))
+    assert not stayed["success"] and not stayed["moved_away"]
     layout = return_cubes.sample_layout(np.random.default_rng(0), 3)
     assert len(set(layout.places)) == 3
     assert return_cubes.goal_text(("red", "blue")).startswith("move the red and blue cubes aside")

@@ -49,6 +49,21 @@ def test_update_changes_only_the_adapter_and_reset_restores_the_base():
     assert torch.equal(_chunk(model, context), before)
 
 
+def test_merged_generation_matches_the_adapter_and_leaves_the_base_exact():
+    model = _model()
+    context = _latents(model, 4, 0)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=3, lr=1e-2))
+    memory.update(context, _latents(model, 8, 1))
+    base_hash, adapter_hash = _hash(base_parameters(model.unet)), _hash(memory.params)
+    with_adapter = _chunk(model, context)
+    with memory.merged():
+        folded = _chunk(model, context)
+        assert _hash(base_parameters(model.unet)) != base_hash  # really folded in, not bypassed
+    assert torch.allclose(folded, with_adapter, atol=1e-4)
+    assert _hash(base_parameters(model.unet)) == base_hash and _hash(memory.params) == adapter_hash
+    assert torch.equal(_chunk(model, context), with_adapter)
+
+
 def test_memory_save_load_round_trip(tmp_path):
     model = _model()
     memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=2, lr=1e-2))
@@ -104,6 +119,6 @@ def test_memory_learns_inside_a_no_grad_rollout():
     memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2))
     adapter_hash = _hash(memory.params)
     first = np.zeros((64, 64, 3), dtype=np.uint8)
-    video = model.rollout(first, ["go left for 3 steps", "go up for 3 steps"], after_chunk=memory.update)
+    video = model.rollout(first, ["go left for 3 steps", "go up for 3 steps"], memory=memory)
     assert video.shape == (17, 64, 64, 3) and len(memory.losses) == 2
     assert _hash(memory.params) != adapter_hash

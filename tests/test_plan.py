@@ -1,8 +1,10 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
+import envs
 from agent.cli import main
 from agent.decompose import DecompositionError, rules, validate
 from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec
@@ -77,6 +79,29 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
     assert main([*args[:5], "--variants", "slow-fast", *args[7:]]) == 2
     assert "slowfast finetune" in capsys.readouterr().err
+
+
+def test_return_cubes_table_reports_whether_cubes_were_moved_aside(tmp_path):
+    from agent.evaluate import EvaluateConfig, _reference_episode, summarise, write_table
+
+    env = envs.make("return_cubes")
+    env.reset(seed=10000)
+    for _ in range(10):  # hover: the cubes stay put, so their distance is ~0
+        env.step(np.array([0.0, 0.0, 0.3, 0.0]))
+    hovered = {"seed": 10000, "distance": env.metric()["distance"], "success": env.metric()["success"],
+               "metric": env.metric(), "seconds": 1.0}
+    env.close()
+    expert = _reference_episode("expert", EvaluateConfig(task="return_cubes"), 10000, idm=None)
+    results = {"task": "return_cubes", "backend": "embedded", "seed": 10000, "episodes": 1,
+               "variants": {"expert": summarise([expert]), "hover": summarise([hovered])}}
+    assert results["variants"]["expert"]["moved_away_rate"] == 1.0
+    assert results["variants"]["expert"]["success_rate"] == 1.0
+    hover = results["variants"]["hover"]
+    assert hover["distance_mean"] < 0.02 and hover["moved_away_rate"] == 0.0 and hover["success_rate"] == 0.0
+    assert set(hover["per_episode"][0]["max_displacement"]) == {"red", "blue"}
+    write_table(results, tmp_path / "table.md")
+    assert "| hover | " in (tmp_path / "table.md").read_text()
+    assert "| moved aside |" in (tmp_path / "table.md").read_text()
 
 
 def test_generate_writes_a_long_video(tiny_checkpoints, tmp_path, capsys):

@@ -1,11 +1,13 @@
+import contextlib
 import csv
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from worldmodel.model import CheckpointError, VideoWorldModel, WorldModelConfig
-from worldmodel.train import TrainConfig, run_train
+from worldmodel.train import TrainConfig, lr_factor, run_train
 
 TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
 
@@ -118,8 +120,14 @@ def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     calls = []
-    video = tiny_model.rollout(first, ["go left for 3 steps", "go up for 4 steps"], seed=0,
-                               after_chunk=lambda prev, new: calls.append((prev.shape, new.shape)))
+
+    class RecordingMemory:
+        merged = contextlib.nullcontext
+
+        def update(self, previous, new):
+            calls.append((previous.shape, new.shape))
+
+    video = tiny_model.rollout(first, ["go left for 3 steps", "go up for 4 steps"], seed=0, memory=RecordingMemory())
     assert video.shape == (1 + 2 * tiny_model.config.chunk_frames, 64, 64, 3)
     assert np.array_equal(video[0], first)  # the clean context is never altered
     assert calls[0][0][2] == 1 and calls[1][0][2] == tiny_model.config.context_frames
@@ -158,20 +166,34 @@ def _losses(path):
     return dict(rows)
 
 
+def test_lr_schedule_warms_up_holds_then_decays_to_zero():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, decay_steps=20)
+    factors = [lr_factor(cfg, s) for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[80] == 1.0
+    assert factors[90] == pytest.approx(0.5) and factors[100] == 0.0
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert lr_factor(TrainConfig(max_steps=100, warmup_steps=10), 99) == 1.0
+    with pytest.raises(ValueError, match="--decay-steps"):
+        TrainConfig(max_steps=100, decay_steps=101)
+
+
 def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
     root, _ = cubes_dataset
     common = dict(task="return_cubes", data=str(root), batch_size=2, save_every=2, log_every=1,
                   val_episodes=1, warmup_steps=2, progress=False, block_out_channels=(16, 32),
                   attention_head_dim=2, norm_num_groups=8)
-    run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=4, **common))
+    run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=5, decay_steps=3, **common))
     run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=2, **common))
     with open(tmp_path / "resumed" / "log.csv", "a") as log:  # a step logged after the last checkpoint, then killed
         log.write("3,9.9,,0.0,1.0\n")
-    run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=4, resume=True, **common))
+    # Resumed with a longer run and a decay added: the schedule the config now describes applies at once.
+    run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=5, decay_steps=3, resume=True, **common))
     straight, resumed = _losses(tmp_path / "straight" / "log.csv"), _losses(tmp_path / "resumed" / "log.csv")
-    assert sorted(resumed) == [1, 2, 3, 4]
-    for step in (3, 4):
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    for step in (3, 4, 5):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5)
+    saved = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
+    assert (saved["max_steps"], saved["decay_steps"], saved["resume"]) == (5, 3, False)
     model = VideoWorldModel.from_pretrained(tmp_path / "resumed")
     assert model.config.task == "return_cubes"
     with pytest.raises(ValueError, match="--resume"):

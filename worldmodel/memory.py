@@ -10,6 +10,10 @@ built from the clean latents just generated:
 - ``global``: like ``local`` but the window is drawn at random from the whole sequence
   generated so far.
 
+Generation runs inside ``merged()``: the adapter is folded into the base weights for the
+sampler's many UNet calls (LoRA matmuls of rank 32 on 48-wide layers cost more than the
+layers themselves) and the base weights are copied back afterwards, exactly.
+
 The adapter carries from chunk to chunk and ``reset()`` clears it for a new episode (B
 = 0 gives exactly the base model). The base weights never change: only adapter
 tensors are handed to the optimizer. A step whose loss or gradient is not finite is
@@ -21,6 +25,7 @@ Target modules: the temporal attention projections (``transformer_in`` and every
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from worldmodel.model import VideoWorldModel
@@ -108,6 +114,21 @@ class EpisodeMemory:
         self.history = None
         self.losses = []
         self.rollbacks = 0
+
+    @contextlib.contextmanager
+    def merged(self):
+        """The adapter folded into the base weights while the block runs (for sampling)."""
+        layers = [m for m in self.model.unet.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+        saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+        for layer in layers:
+            layer.merge(adapter_names=[ADAPTER])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for layer, weight in zip(layers, saved):
+                    layer.unmerge()
+                    layer.get_base_layer().weight.copy_(weight)  # unmerge's subtraction leaves rounding
 
     # --- fast learning ----------------------------------------------------------------
     def training_window(self, previous: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, int]:

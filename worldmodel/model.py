@@ -11,6 +11,7 @@ the clean context is re-inserted unchanged at every step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import asdict, dataclass, field
@@ -219,12 +220,13 @@ class VideoWorldModel:
 
     @torch.no_grad()
     def rollout(self, first_frame: np.ndarray, texts: list[str], seed: int = 0,
-                after_chunk=None, progress=None, anchor: bool = False) -> np.ndarray:
+                memory=None, progress=None, anchor: bool = False) -> np.ndarray:
         """A long video: one chunk per text, each conditioned on the last frames so far.
 
-        Generation stays in latent space between chunks. ``after_chunk(previous, new)``
-        is called with the latents of the input and the new chunk (Temp-LoRA's hook).
-        ``anchor`` keeps the first frame in the oldest context slot (Streaming-T2V-like).
+        Generation stays in latent space between chunks. ``memory`` (an ``EpisodeMemory``)
+        generates each chunk inside ``memory.merged()`` and then learns from it with
+        ``memory.update(previous, new)``. ``anchor`` keeps the first frame in the oldest
+        context slot (Streaming-T2V-like).
         Returns (1 + len(texts) * chunk_frames, H, W, 3) uint8 frames.
         """
         generator = torch.Generator().manual_seed(seed)
@@ -234,9 +236,10 @@ class VideoWorldModel:
             context = video[:, :, -fc:]
             if anchor and context.shape[2] >= fc:
                 context = torch.cat([video[:, :, :1], video[:, :, -(fc - 1):]], dim=2)
-            chunk = self.generate_chunk(context, [text], generator=generator)
-            if after_chunk is not None:
-                after_chunk(context, chunk)
+            with memory.merged() if memory is not None else contextlib.nullcontext():
+                chunk = self.generate_chunk(context, [text], generator=generator)
+            if memory is not None:
+                memory.update(context, chunk)
             video = torch.cat([video, chunk], dim=2)
         return self.latent.decode(video)[0]
 

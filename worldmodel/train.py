@@ -16,7 +16,8 @@ import json
 import random
 import shlex
 import time
-from dataclasses import dataclass, field
+from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata={"help": "chunks per step"})
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    decay_steps: int = field(default=0, metadata={
+        "help": "final steps over which the lr falls linearly to 0 (warmup-stable-decay); 0 keeps it constant"})
     ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the sampling weights"})
     drop_image_prob: float = field(default=0.1, metadata={"help": "P(no context) for 3-way CFG"})
     drop_text_prob: float = field(default=0.1, metadata={"help": "P(empty text) for 3-way CFG"})
@@ -63,11 +66,23 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (0 <= self.decay_steps <= self.max_steps):
+            raise ValueError(f"--decay-steps must be in [0, --max-steps={self.max_steps}], got {self.decay_steps}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"--prediction-type must be one of {', '.join(PREDICTION_TYPES)}, "
                              f"got {self.prediction_type!r}")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Warm-up, then constant, then a linear fall to 0 over the last `decay_steps`. The
+    factor depends only on the step, so a resumed run (even one whose --max-steps or
+    --decay-steps was raised) follows the schedule its config now describes."""
+    warmup = min(1.0, (step + 1) / cfg.warmup_steps)
+    if cfg.decay_steps == 0:
+        return warmup
+    return warmup * min(1.0, max(0.0, (cfg.max_steps - step) / cfg.decay_steps))
 
 
 def _split(num_episodes: int, val_episodes: int) -> tuple[list[int], list[int]]:
@@ -151,7 +166,7 @@ def run_train(cfg: TrainConfig) -> dict:
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg))
     unet, optimizer, schedule = accelerator.prepare(unet, optimizer, schedule)
     model.unet = unet
     accelerator.register_for_checkpointing(ema)
@@ -160,11 +175,13 @@ def run_train(cfg: TrainConfig) -> dict:
     if cfg.resume:
         accelerator.load_state(str(state_dir))
         step = json.loads((state_dir / "progress.json").read_text())["step"]
-    else:
-        (out / "config.yaml").write_text(to_yaml(cfg))
-        (out / "resume.sh").write_text(
-            "#!/usr/bin/env bash\n" + shlex.join(["slowfast", "train", "--config", str(out / "config.yaml"),
-                                                  "--resume"]) + "\n")
+        for group in optimizer.param_groups:  # the saved lr came from the schedule the run was started with
+            group["lr"] = cfg.lr * lr_factor(cfg, step)
+    # Rewritten on resume too, so a raised --max-steps/--decay-steps stays with the run.
+    (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False)))
+    (out / "resume.sh").write_text(
+        "#!/usr/bin/env bash\n" + shlex.join(["slowfast", "train", "--config", str(out / "config.yaml"),
+                                              "--resume"]) + "\n")
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False)
     log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "lr", "seconds"], cfg.resume, step)
