@@ -68,11 +68,11 @@ def test_latent_space_is_lossless_with_shift_and_scale():
 
 
 class OracleUNet(torch.nn.Module):
-    """Returns the exact v (or eps) that leads every noised frame to ``clean``."""
+    """Returns the exact v, eps or residual output that leads every noised frame to ``clean``."""
 
-    def __init__(self, model, clean):
+    def __init__(self, model, clean, anchor=None):
         super().__init__()
-        self.model, self.clean = model, clean
+        self.model, self.clean, self.anchor = model, clean, anchor
 
     def forward(self, sample, t, encoder_hidden_states):
         fc, c = self.model.config.context_frames, self.model.config.latent_channels
@@ -81,20 +81,23 @@ class OracleUNet(torch.nn.Module):
         a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         clean = self.clean.expand_as(noisy)
         eps = (noisy - a * clean) / s
-        out = eps if self.model.config.prediction_type == "epsilon" else a * eps - s * clean
+        out = {"epsilon": eps, "v_prediction": a * eps - s * clean}.get(self.model.config.prediction_type)
+        if out is None:
+            anchor = self.anchor.repeat(noisy.shape[0] // self.anchor.shape[0], 1, 1, 1, 1)
+            out = self.model.regression_target(clean, eps, torch.full((noisy.shape[0],), int(t)), anchor)
         padded = torch.cat([torch.zeros_like(sample[:, :c, :fc]), out], dim=2)
         return type("Output", (), {"sample": padded})()
 
 
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim"])
-@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "context_residual"])
 def test_sampler_reaches_the_clean_latents_given_exact_predictions(prediction_type, sampler):
     model = VideoWorldModel(WorldModelConfig(**{**TINY, "sample_steps": 20}, prediction_type=prediction_type,
-                                             sampler=sampler))
+                                             sampler=sampler, residual_std=0.7))
     context, target = _window(model, batch=1)
     clean = target.clamp(-1, 1)
     chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
-                                 unet=OracleUNet(model, clean))
+                                 unet=OracleUNet(model, clean, anchor=context[:, :, -1:]))
     assert torch.allclose(chunk, clean, atol=1e-3)
 
 
@@ -110,6 +113,23 @@ def test_v_prediction_regresses_velocity_and_epsilon_regresses_noise():
     # The x0 estimate from v has no 1/alpha in it: what makes v robust at t ~ T.
     assert torch.allclose(alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v, clean, atol=1e-4)
     assert torch.equal(eps_model.regression_target(clean, noise, t), noise)
+
+
+def test_context_residual_output_zero_means_repeating_the_last_context_frame():
+    model = VideoWorldModel(WorldModelConfig(**TINY, prediction_type="context_residual", residual_std=0.7))
+    context, clean = _window(model)
+    anchor = context[:, :, -1:]
+    still = anchor.expand_as(clean)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([20, 400])
+    noisy = model.train_scheduler.add_noise(still, noise, t)
+    target = model.regression_target(still, noise, t, anchor)
+    # Where the chunk repeats the anchor, the target is small: no noise to copy through the UNet.
+    assert target.abs().mean() < 0.25 * noise.abs().mean()
+    assert torch.allclose(model.residual_x0(noisy, target, t, anchor), still, atol=1e-4)
+    moved = model.regression_target(clean, noise, t, anchor)
+    assert torch.allclose(model.residual_x0(model.train_scheduler.add_noise(clean, noise, t), moved, t, anchor),
+                          clean, atol=1e-4)
     with pytest.raises(CheckpointError, match="prediction_type"):
         VideoWorldModel(WorldModelConfig(**TINY, prediction_type="sample"))
     with pytest.raises(CheckpointError, match="sampler"):
@@ -198,3 +218,10 @@ def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
     assert model.config.task == "return_cubes"
     with pytest.raises(ValueError, match="--resume"):
         run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=4, **common))
+    # A new run from those weights may change what the UNet predicts; the latent space stays the checkpoint's.
+    run_train(TrainConfig(out=str(tmp_path / "residual"), max_steps=1, init_from=str(tmp_path / "straight"),
+                          prediction_type="context_residual", **common))
+    residual = VideoWorldModel.from_pretrained(tmp_path / "residual")
+    start = VideoWorldModel.from_pretrained(tmp_path / "straight")
+    assert residual.config.prediction_type == "context_residual" and residual.config.residual_std > 0
+    assert residual.config.latent_scale == start.config.latent_scale

@@ -26,7 +26,7 @@ from worldmodel.latent import SpaceToDepth
 from worldmodel.text import ENCODERS, TextEncoder
 
 CONFIG_NAME = "worldmodel.json"
-PREDICTION_TYPES = ("v_prediction", "epsilon")
+PREDICTION_TYPES = ("v_prediction", "epsilon", "context_residual")
 SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
 
 
@@ -62,7 +62,16 @@ class WorldModelConfig:
     # SiLU-gated layer (48 channels for 48 latent channels), which it learns very slowly
     # (checkpoints/README.md), and x0 = (x_t - sigma eps) / alpha amplifies what it
     # gets wrong ~100x at t ~ T.
+    # "context_residual" preconditions the denoiser around the last clean context frame
+    # mu, the "repeat the last frame" guess: x0 = mu + c_skip (x_t - alpha mu) + c_out F
+    # (EDM's preconditioning with prior mean mu). Most pixels of a chunk equal mu, and a
+    # small `residual_skip_sigma` makes F = 0 reproduce them, where v-prediction must
+    # cancel the noise in x_t pixel by pixel; the v models leave 13-29 % of it in their
+    # x0 estimates at t = 50-400 (checkpoints/README.md). c_out scales F's target to unit
+    # variance given the data's residual std (`residual_std`, measured by `slowfast train`).
     prediction_type: str = "v_prediction"
+    residual_skip_sigma: float = 0.1
+    residual_std: float = 1.0
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
@@ -110,8 +119,10 @@ class VideoWorldModel:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
+        # The residual denoiser's output is turned into an x0 estimate before the sampler sees it.
+        scheduler_prediction = "sample" if config.prediction_type == "context_residual" else config.prediction_type
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
-                                             prediction_type=config.prediction_type)
+                                             prediction_type=scheduler_prediction)
         # DDIM's default "leading" spacing would start sampling at t = 950, not at pure noise.
         schedule = {"solver_order": config.solver_order} if config.sampler == "dpmsolver++" else {
             "timestep_spacing": "trailing"}
@@ -151,10 +162,32 @@ class VideoWorldModel:
         out = self.unet(sample, timesteps, encoder_hidden_states=text_embeddings).sample
         return out[:, :, context.shape[2]:]
 
-    def regression_target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha_bar = self.train_scheduler.alphas_cumprod[torch.as_tensor(t).long().reshape(-1)]
+        return alpha_bar.sqrt().view(-1, 1, 1, 1, 1), (1 - alpha_bar).sqrt().view(-1, 1, 1, 1, 1)
+
+    def _residual_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        alpha, sigma = self._alpha_sigma(t)
+        d2, r = self.config.residual_skip_sigma ** 2, self.config.residual_std
+        c_skip = alpha * d2 / (alpha**2 * d2 + sigma**2)
+        c_out = ((1 - c_skip * alpha) ** 2 * r**2 + c_skip**2 * sigma**2).sqrt()
+        return alpha, c_skip, c_out
+
+    def residual_x0(self, noisy: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor,
+                    anchor: torch.Tensor) -> torch.Tensor:
+        """The x0 estimate of a "context_residual" denoiser output around ``anchor`` (mu)."""
+        alpha, c_skip, c_out = self._residual_coefficients(t)
+        return anchor + c_skip * (noisy - alpha * anchor) + c_out * prediction
+
+    def regression_target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                          anchor: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.prediction_type == "epsilon":
             return noise
-        return self.train_scheduler.get_velocity(clean, noise, t)
+        if self.config.prediction_type == "v_prediction":
+            return self.train_scheduler.get_velocity(clean, noise, t)
+        alpha, c_skip, c_out = self._residual_coefficients(t)
+        noisy = self.train_scheduler.add_noise(clean, noise, t)
+        return (clean - anchor - c_skip * (noisy - alpha * anchor)) / c_out
 
     # --- training (Eq. 2) ---------------------------------------------------------------
     def training_loss(self, context, context_len, target, text_embeddings,
@@ -163,17 +196,22 @@ class VideoWorldModel:
         t = torch.randint(0, self.config.num_train_timesteps, (target.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(target, noise, t)
         predicted = self.predict(context, context_len, noisy, t, text_embeddings)
-        return F.mse_loss(predicted, self.regression_target(target, noise, t))
+        # The anchor is the newest real frame even when condition dropout hides the context
+        # from the UNet, so all three guidance branches share one preconditioning.
+        return F.mse_loss(predicted, self.regression_target(target, noise, t, anchor=context[:, :, -1:]))
 
     def whole_window_loss(self, frames: torch.Tensor, text_embeddings: torch.Tensor,
                           generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. 3: every frame of the window noised at one random t, none clean, loss on all."""
+        """Eq. 3: every frame of the window noised at one random t, none clean, loss on all.
+
+        A "context_residual" model is anchored on the window's first frame here: the UNet
+        never sees it clean, it only enters the preconditioning."""
         noise = torch.randn(frames.shape, generator=generator)
         t = torch.randint(0, self.config.num_train_timesteps, (frames.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(frames, noise, t)
         clean = torch.zeros(frames.shape[0], frames.shape[2])
         predicted = self.unet(self.unet_input(noisy, clean), t, encoder_hidden_states=text_embeddings).sample
-        return F.mse_loss(predicted, self.regression_target(frames, noise, t))
+        return F.mse_loss(predicted, self.regression_target(frames, noise, t, anchor=frames[:, :, :1]))
 
     # --- sampling -------------------------------------------------------------------------
     @torch.no_grad()
@@ -183,8 +221,10 @@ class VideoWorldModel:
                        unet=None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
-        Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img) (applied to
-        the UNet's prediction, eps or v, both linear in the score), with the three passes (no image + no text, image + no text, image + text) in one batch.
+        Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), applied to
+        the UNet's output (eps, v or the residual output F: all affine in the score at a
+        given x_t), with the three passes (no image + no text, image + no text, image +
+        text) in one batch.
         """
         cfg = self.config
         unet = unet or self.unet
@@ -204,7 +244,7 @@ class VideoWorldModel:
         ctx3 = torch.cat([context, context, context])
         len3 = torch.cat([torch.zeros_like(context_len), context_len, context_len])
         txt3 = torch.cat([empty, empty, text])
-        sampler = DPMSolverMultistepScheduler.from_config(self.sampler.config)
+        sampler = type(self.sampler).from_config(self.sampler.config)
         sampler.set_timesteps(num_steps or cfg.sample_steps)
         latents = torch.randn((b, c, cfg.chunk_frames, h, w), generator=generator) * sampler.init_noise_sigma
         was_training = unet.training
@@ -214,6 +254,8 @@ class VideoWorldModel:
             out = unet(sample, t, encoder_hidden_states=txt3).sample[:, :, cfg.context_frames:]
             e_u, e_i, e_t = out.chunk(3)
             guided = e_u + g_i * (e_i - e_u) + g_t * (e_t - e_i)
+            if cfg.prediction_type == "context_residual":
+                guided = self.residual_x0(latents, guided, t, context[:, :, -1:])
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)
         return latents

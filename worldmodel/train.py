@@ -60,7 +60,8 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
     attention_head_dim: int = field(default=4, metadata={"help": "UNet attention heads"})
     norm_num_groups: int = field(default=16, metadata={"help": "UNet GroupNorm groups"})
-    prediction_type: str = field(default="v_prediction", metadata={"help": "UNet target: v_prediction or epsilon"})
+    prediction_type: str = field(default="v_prediction", metadata={
+        "help": "UNet target: v_prediction, epsilon or context_residual (see WorldModelConfig)"})
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "save_every", "log_every"):
@@ -96,6 +97,17 @@ def latent_stats_of(dataset: ChunkDataset) -> tuple[float, float]:
     frames = [dataset.data.load_episode(e)["frames"][::16] for e in range(min(8, len(dataset.data)))]
     x = np.concatenate(frames).astype(np.float32) / 127.5 - 1.0
     return float(x.mean()), float(1.0 / max(x.std(), 1e-3))
+
+
+def residual_std_of(dataset: ChunkDataset, chunk_frames: int, scale: float) -> float:
+    """Std, in latent units, of each chunk frame minus the frame before the chunk: the
+    spread a "context_residual" denoiser has to predict."""
+    residuals = []
+    for e in range(min(8, len(dataset.data))):
+        x = dataset.data.load_episode(e)["frames"].astype(np.float32) / 127.5 - 1.0
+        for start in range(0, len(x) - chunk_frames - 1, chunk_frames + 1):
+            residuals.append((x[start + 1:start + 1 + chunk_frames] - x[start:start + 1]).ravel())
+    return float(scale * np.concatenate(residuals).std())
 
 
 def _batch_to_latents(model: VideoWorldModel, batch: dict) -> tuple:
@@ -151,16 +163,22 @@ def run_train(cfg: TrainConfig) -> dict:
     val_set = ChunkDataset(cfg.data, cfg.context_frames, val_eps)
 
     shift, scale = latent_stats_of(train_set)
+    chunk_frames = int(data.info["chunk_frames"])
     model_config = WorldModelConfig(
         image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
-        chunk_frames=int(data.info["chunk_frames"]), block_out_channels=tuple(cfg.block_out_channels),
+        chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
-        latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type)
+        latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
+        residual_std=residual_std_of(train_set, chunk_frames, scale))
     if cfg.init_from and not cfg.resume:
-        model = VideoWorldModel.from_pretrained(cfg.init_from)
-        if model.config.task != cfg.task:
-            raise ValueError(f"--init-from {cfg.init_from} is a {model.config.task!r} model, not --task {cfg.task!r}")
-        model.unet.train()
+        start = VideoWorldModel.from_pretrained(cfg.init_from)
+        if start.config.task != cfg.task:
+            raise ValueError(f"--init-from {cfg.init_from} is a {start.config.task!r} model, not --task {cfg.task!r}")
+        # The weights and the latent space come from the checkpoint, the target from this run.
+        model = VideoWorldModel(replace(start.config, prediction_type=cfg.prediction_type,
+                                        residual_std=residual_std_of(train_set, chunk_frames,
+                                                                     start.config.latent_scale)),
+                                start.unet.train(), start.text_encoder)
     else:
         model = VideoWorldModel(model_config)
     unet = model.unet
