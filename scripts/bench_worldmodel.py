@@ -6,7 +6,7 @@ SSIM are measured against the true frames, next to the "repeat the last context
 frame" baseline. The last output line is one JSON object.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
-       [--chunks-per-episode 4] [--checkpoint DIR]
+       [--chunks-per-episode 4] [--checkpoint DIR] [--image-guidance G] [--text-guidance G]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--chunks-per-episode", type=int, default=4)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
+    parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
@@ -52,7 +54,8 @@ def main() -> None:
             text = record["subgoals"][int(subgoal_index[start])]["text"]
             context = model.latent.encode(context_frames[None])
             began = time.perf_counter()
-            chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)))
+            chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)),
+                                         image_guidance=args.image_guidance, text_guidance=args.text_guidance)
             seconds.append(time.perf_counter() - began)
             generated = model.latent.decode(chunk)[0]
             repeat = np.repeat(context_frames[-1:], len(truth), axis=0)
@@ -63,7 +66,9 @@ def main() -> None:
     env.close()
     result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()},
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
-              "sample_steps": cfg.sample_steps, "seeds": seeds}
+              "sample_steps": cfg.sample_steps, "seeds": seeds,
+              "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
+                           args.text_guidance if args.text_guidance is not None else cfg.text_guidance]}
     print(json.dumps(result))
 
 
