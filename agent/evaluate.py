@@ -25,6 +25,7 @@ from tqdm import tqdm
 import envs
 from agent.config import ConfigError, to_yaml
 from agent.plan import PlanConfig, plan_episode
+from agent.planner import MEMORY_SOURCES
 from envs.collect import rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
@@ -53,6 +54,8 @@ class EvaluateConfig:
                                                            "(default: checkpoints/TASK)"})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
     memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
+    memory_source: str = field(default="imagined", metadata={
+        "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     references: bool = field(default=True, metadata={"help": "also run the expert and idm-replay rows"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -62,6 +65,8 @@ class EvaluateConfig:
             raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
         if self.episodes < 1:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.memory_source not in MEMORY_SOURCES:
+            raise ConfigError(f"--memory-source must be {' or '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
 
     def variant_list(self) -> list[str]:
         return [v.strip() for v in self.variants.split(",") if v.strip()]
@@ -163,8 +168,8 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     if models is None:  # a fresh model per variant: Temp-LoRA adds adapters in place
                         models = VideoWorldModel.from_pretrained(paths[VARIANTS[row][0]])
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
-                                          out=str(done.parent), memory_steps=cfg.memory_steps, videos=i == 0,
-                                          progress=False)
+                                          out=str(done.parent), memory_steps=cfg.memory_steps,
+                                          memory_source=cfg.memory_source, videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)
             per_row[row].append(json.loads(done.read_text()))
             bar.update(1)

@@ -19,7 +19,7 @@ import envs
 import tasks
 from agent.config import ConfigError, to_yaml
 from agent.decompose import rules
-from agent.planner import Planner
+from agent.planner import MEMORY_SOURCES, Planner
 from inverse_dynamics.model import InverseDynamicsModel
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MEMORY_MODES, MemoryConfig
@@ -45,12 +45,16 @@ class PlanConfig:
     closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
     memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
     memory_variant: str = field(default="local", metadata={"help": "Temp-LoRA variant: local | original | global"})
+    memory_source: str = field(default="imagined", metadata={
+        "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     videos: bool = field(default=True, metadata={"help": "write mp4/gif videos"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
+        if self.memory_source not in MEMORY_SOURCES:
+            raise ConfigError(f"--memory-source must be {' or '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
         if self.llm not in ("rules", "local", "openai"):
             raise ConfigError(f"--llm must be rules, local or openai, got {self.llm!r}")
 
@@ -89,7 +93,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     goal = cfg.goal or env.goal_text()
     subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
     planner = Planner(world_model, idm, cfg.memory, MemoryConfig(steps=cfg.memory_steps, variant=cfg.memory_variant,
-                                                                  seed=cfg.seed), cfg.closed_loop)
+                                                                  seed=cfg.seed), cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
     started = time.time()
     metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar)
@@ -102,7 +106,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
         "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
         "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,
-        "closed_loop": cfg.closed_loop,
+        "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source,
     }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,11 @@ Context: closed loop (default) encodes the latest *real* observations, so imagin
 is re-anchored to what actually happened after every chunk; open loop keeps
 conditioning on the imagined video, as pure video planning does. ``anchor-frame``
 memory puts the episode's first frame in the oldest context slot (Streaming-T2V-like).
+
+Temp-LoRA's source: ``imagined`` (Alg. 1a, the default) trains it on each generated
+chunk right after sampling; ``observed`` trains it on the frames the simulator returned
+for that chunk, i.e. on ground-truth chunks, which is what the slow-fast loop's inner
+loop (Alg. 1b) trained the finetuned base to use.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from tasks.base import Subgoal
 from worldmodel.memory import MEMORY_MODES, EpisodeMemory, MemoryConfig
 from worldmodel.model import VideoWorldModel
 
+MEMORY_SOURCES = ("imagined", "observed")
+
 
 @dataclass
 class EpisodeRecord:
@@ -38,13 +45,17 @@ class EpisodeRecord:
 
 class Planner:
     def __init__(self, world_model: VideoWorldModel, idm: InverseDynamicsModel, memory: str = "temp-lora",
-                 memory_config: MemoryConfig | None = None, closed_loop: bool = True):
+                 memory_config: MemoryConfig | None = None, closed_loop: bool = True,
+                 memory_source: str = "imagined"):
         if memory not in MEMORY_MODES:
             raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+        if memory_source not in MEMORY_SOURCES:
+            raise ValueError(f"unknown memory source {memory_source!r}; choose one of {', '.join(MEMORY_SOURCES)}")
         self.model = world_model
         self.idm = idm
         self.memory_mode = memory
         self.closed_loop = closed_loop
+        self.memory_source = memory_source
         self.memory = EpisodeMemory(world_model, memory_config) if memory == "temp-lora" else None
 
     def _context(self, real: list[np.ndarray], imagined: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -77,10 +88,8 @@ class Planner:
             with self.memory.merged() if self.memory is not None else contextlib.nullcontext():
                 new = self.model.generate_chunk(context, [subgoal.text], generator=generator)
             record.chunk_seconds.append(time.perf_counter() - began)
-            if self.memory is not None:
-                began = time.perf_counter()
-                record.memory_losses += self.memory.update(context, new)
-                record.memory_seconds.append(time.perf_counter() - began)
+            if self.memory is not None and self.memory_source == "imagined":
+                self._remember(record, context, new)
             imagined_latents = torch.cat([imagined_latents, new], dim=2)
             frames = self.model.latent.decode(new)[0]
             before = np.concatenate([record.executed[-1][None], frames[:-1]])
@@ -90,4 +99,12 @@ class Planner:
                 record.executed.append(obs["rgb"])
                 record.actions.append(action)
             record.imagined += list(frames)
+            if self.memory is not None and self.memory_source == "observed":
+                observed = self.model.latent.encode(np.stack(record.executed[-len(frames):])[None])
+                self._remember(record, context, observed)
         return env.metric(), record
+
+    def _remember(self, record: EpisodeRecord, context: torch.Tensor, chunk: torch.Tensor) -> None:
+        began = time.perf_counter()
+        record.memory_losses += self.memory.update(context, chunk)
+        record.memory_seconds.append(time.perf_counter() - began)

@@ -8,7 +8,7 @@ simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 fra
 Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--memory-steps 1]
-       [--targets temporal|spatial+temporal]
+       [--memory-lr 1e-4] [--targets temporal|spatial+temporal] [--modes none,temp-lora]
 """
 
 from __future__ import annotations
@@ -36,27 +36,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=1)
     parser.add_argument("--memory-steps", type=int, default=1)
+    parser.add_argument("--memory-lr", type=float, default=MemoryConfig.lr, help="Temp-LoRA Adam learning rate")
     parser.add_argument("--targets", default="temporal", choices=sorted(TARGETS), help="Temp-LoRA target set")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes {args.modes!r}: choose from {', '.join(MODES)}")
     path = args.checkpoint or default_checkpoint(args.task, "worldmodel")
     options = {"num_legs": 6} if args.task == "retrace" else {}
     env = envs.make(args.task, **options)
     expert = envs.expert_for(env)
     chunk = VideoWorldModel.from_pretrained(path).config.chunk_frames
-    scores = {m: {"scuts": [], "src": [], "revisit_psnr": []} for m in MODES}
-    seconds = {"none": [], "temp-lora": []}
+    scores = {m: {"scuts": [], "src": [], "revisit_psnr": []} for m in modes}
+    seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     seeds = list(range(args.seed, args.seed + args.episodes))
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
         observations = {f"obs_{k}": v for k, v in record["observations"].items()}
         pairs = revisit_pairs(args.task, observations)
-        for mode in MODES:
+        for mode in modes:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
             memory = None
             if mode == "temp-lora":
-                memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, targets=args.targets, seed=seed))
+                memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, lr=args.memory_lr,
+                                                            targets=args.targets, seed=seed))
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
                                   memory=memory)
@@ -68,11 +74,12 @@ def main() -> None:
             scores[mode]["revisit_psnr"].append(psnr(video[later], record["frames"][later]) if later else float("nan"))
     env.close()
     per_chunk = {m: round(float(np.mean(v)), 3) for m, v in seconds.items()}
+    overhead = round(per_chunk["temp-lora"] / per_chunk["none"] - 1, 4) if len(per_chunk) == 2 else None
     print(json.dumps({
-        "task": args.task, "frames": int(len(record["frames"])), "revisit_pairs": len(pairs),
+        "task": args.task, "frames": len(record["frames"]), "revisit_pairs": len(pairs),
         "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
-        "seconds_per_chunk": per_chunk, "overhead": round(per_chunk["temp-lora"] / per_chunk["none"] - 1, 4),
-        "memory_steps": args.memory_steps, "targets": args.targets, "seeds": seeds}))
+        "seconds_per_chunk": per_chunk, "overhead": overhead,
+        "memory_steps": args.memory_steps, "memory_lr": args.memory_lr, "targets": args.targets, "seeds": seeds}))
 
 
 if __name__ == "__main__":

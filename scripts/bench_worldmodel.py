@@ -5,6 +5,12 @@ the true context frames and the true subgoal text and generates one chunk; PSNR 
 SSIM are measured against the true frames, next to the "repeat the last context
 frame" baseline. The last output line is one JSON object.
 
+`psnr` is the mean of per-chunk PSNRs, so a chunk in which nothing moves (the expert
+pausing: repeat-last scores 50-86 dB there) outweighs every moving chunk;
+`pooled_psnr` is the PSNR of the mean squared error over all chunks, where each
+chunk weighs by its error. `static_pixel_rmse` is the model's RMS error (grey levels)
+on pixels the true chunk leaves unchanged (repeat-last is ~0 there).
+
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--image-guidance G] [--text-guidance G]
 """
@@ -42,6 +48,7 @@ def main() -> None:
     expert = envs.expert_for(env)
     rng = np.random.default_rng(args.seed)
     scores = {"psnr": [], "ssim": [], "baseline_psnr": [], "baseline_ssim": []}
+    mse = {"model": [], "repeat": [], "model_on_unchanged_pixels": []}
     seconds = []
     seeds = list(range(args.seed, args.seed + args.episodes))
     for seed in seeds:
@@ -63,8 +70,16 @@ def main() -> None:
             scores["ssim"].append(ssim(generated, truth))
             scores["baseline_psnr"].append(psnr(repeat, truth))
             scores["baseline_ssim"].append(ssim(repeat, truth))
+            error = generated.astype(np.float64) - truth
+            unchanged = (truth == context_frames[-1]).all(axis=(0, 3))
+            mse["model"].append(np.mean(error**2))
+            mse["repeat"].append(np.mean((repeat.astype(np.float64) - truth) ** 2))
+            mse["model_on_unchanged_pixels"].append(np.mean(error[:, unchanged] ** 2) if unchanged.any() else np.nan)
     env.close()
-    result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()},
+    pooled = {"pooled_psnr": round(float(10 * np.log10(255**2 / np.mean(mse["model"]))), 3),
+              "baseline_pooled_psnr": round(float(10 * np.log10(255**2 / np.mean(mse["repeat"]))), 3),
+              "static_pixel_rmse": round(float(np.sqrt(np.nanmean(mse["model_on_unchanged_pixels"]))), 3)}
+    result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()}, **pooled,
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,

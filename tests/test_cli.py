@@ -19,6 +19,8 @@ def run(*args):
     (["collect", "--backend", "rlbench"], "CoppeliaSim"),
     (["plan", "--task", "return_cubes", "--checkpoint", "/nonexistent"], "slowfast train --task return_cubes"),
     (["plan", "--memory", "lstm"], "--memory must be"),
+    (["plan", "--memory-source", "dreamed"], "--memory-source must be imagined or observed"),
+    (["evaluate", "--memory-source", "dreamed"], "--memory-source must be imagined or observed"),
     (["fly"], "unknown command 'fly'"),
     (["train", "--data", "/nonexistent"], "slowfast collect"),
     (["train-idm", "--data", "/nonexistent"], "slowfast collect"),

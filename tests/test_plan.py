@@ -7,6 +7,7 @@ import torch
 import envs
 from agent.cli import main
 from agent.decompose import DecompositionError, rules, validate
+from agent.planner import Planner
 from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec
 from tasks import retrace
 from worldmodel.model import VideoWorldModel, WorldModelConfig
@@ -41,6 +42,33 @@ def test_plan_runs_a_whole_retrace_episode(tiny_checkpoints, tmp_path, memory, c
         assert (out / name).stat().st_size > 1000
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["distance"] == episode["distance"]
+
+
+@pytest.mark.parametrize("source", ["imagined", "observed"])
+def test_temp_lora_learns_from_the_chosen_frames(tiny_checkpoints, source):
+    world_model = VideoWorldModel.from_pretrained(tiny_checkpoints / "retrace" / "worldmodel")
+    idm = InverseDynamicsModel.from_pretrained(tiny_checkpoints / "retrace" / "idm")
+    planner = Planner(world_model, idm, "temp-lora", closed_loop=True, memory_source=source)
+    learned = []
+    update = planner.memory.update
+    planner.memory.update = lambda context, chunk: learned.append(chunk) or update(context, chunk)
+    env = envs.make("retrace")
+    subgoals = rules("retrace", "go left for 4 steps, then retrace your path", {})
+    _, record = planner.run(env, subgoals, seed=3, frames_for=retrace.frames_for)
+    env.close()
+    chunk = world_model.config.chunk_frames
+    assert len(learned) == len(record.chunk_seconds) == len(record.memory_seconds) > 1
+    for i, latents in enumerate(learned):
+        frames = (record.executed if source == "observed" else record.imagined)[1 + i * chunk:1 + (i + 1) * chunk]
+        # imagined frames went through the uint8 decoder (clipped, rounded); observed ones are encoded exactly
+        expected = world_model.latent.encode(np.stack(frames)[None])
+        if source == "observed":
+            assert torch.equal(latents, expected)
+        else:
+            assert torch.allclose(latents.clamp(-1, 1), expected, atol=0.005)
+    other = record.imagined if source == "observed" else record.executed
+    assert not torch.allclose(learned[0].clamp(-1, 1), world_model.latent.encode(np.stack(other[1:1 + chunk])[None]),
+                              atol=0.05)
 
 
 def test_decomposition_is_validated_against_templates():

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from worldmodel.model import CheckpointError, VideoWorldModel, WorldModelConfig
-from worldmodel.train import TrainConfig, lr_factor, run_train
+from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
 TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
 
@@ -99,6 +99,47 @@ def test_sampler_reaches_the_clean_latents_given_exact_predictions(prediction_ty
     chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
                                  unet=OracleUNet(model, clean, anchor=context[:, :, -1:]))
     assert torch.allclose(chunk, clean, atol=1e-3)
+
+
+class PassRecorder(torch.nn.Module):
+    """The real UNet, recording for each batch row whether it saw context and the subgoal text."""
+
+    def __init__(self, model, text):
+        super().__init__()
+        self.model, self.text, self.calls = model, text, []
+
+    def forward(self, sample, t, encoder_hidden_states):
+        c, fc = self.model.config.latent_channels, self.model.config.context_frames
+        saw_context = (sample[:, c, :fc].flatten(1).abs().sum(dim=1) > 0).tolist()
+        saw_text = [torch.equal(row, self.text[0]) for row in encoder_hidden_states]
+        self.calls.append(list(zip(saw_context, saw_text)))
+        return self.model.unet(sample, t, encoder_hidden_states=encoder_hidden_states)
+
+
+@pytest.mark.parametrize("guidance, passes", [
+    ((2.0, 5.0), [(False, False), (True, False), (True, True)]),
+    ((1.0, 2.0), [(True, False), (True, True)]),
+    ((1.0, 1.0), [(True, True)]),
+    ((0.0, 0.0), [(False, False)]),
+])
+def test_guidance_runs_only_the_passes_with_nonzero_weight(tiny_model, guidance, passes):
+    context, _ = _window(tiny_model, batch=1)
+    recorder = PassRecorder(tiny_model, tiny_model.text_encoder(["go left"]))
+    tiny_model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                              image_guidance=guidance[0], text_guidance=guidance[1], unet=recorder)
+    assert recorder.calls == [passes] * tiny_model.config.sample_steps
+
+
+def test_skipped_passes_give_the_three_pass_result(tiny_model):
+    context, _ = _window(tiny_model, batch=1)
+
+    def sample(image_guidance):
+        return tiny_model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                         image_guidance=image_guidance, text_guidance=1.0)
+
+    # 1 + 1e-6 keeps all three passes, two of them with weights +-1e-6.
+    assert torch.allclose(sample(1.0), sample(1.0 + 1e-6), atol=1e-4)
+    assert not torch.allclose(sample(1.0), sample(2.0), atol=1e-4)
 
 
 def test_v_prediction_regresses_velocity_and_epsilon_regresses_noise():
@@ -197,11 +238,23 @@ def test_lr_schedule_warms_up_holds_then_decays_to_zero():
         TrainConfig(max_steps=100, decay_steps=101)
 
 
+def test_context_noise_corrupts_each_sample_at_its_own_level():
+    context = torch.zeros(64, 3, 4, 4, 4)
+    assert corrupt_context(TrainConfig(), context, torch.Generator()) is context
+    cfg = TrainConfig(context_noise=0.5)
+    noisy = corrupt_context(cfg, context, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, corrupt_context(cfg, context, torch.Generator().manual_seed(0)))
+    levels = noisy.flatten(1).std(dim=1)
+    assert levels.max() < 0.6 and levels.min() < 0.1 and levels.std() > 0.1
+    with pytest.raises(ValueError, match="--context-noise"):
+        TrainConfig(context_noise=-1)
+
+
 def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
     root, _ = cubes_dataset
     common = dict(task="return_cubes", data=str(root), batch_size=2, save_every=2, log_every=1,
                   val_episodes=1, warmup_steps=2, progress=False, block_out_channels=(16, 32),
-                  attention_head_dim=2, norm_num_groups=8)
+                  attention_head_dim=2, norm_num_groups=8, context_noise=0.2)
     run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=5, decay_steps=3, **common))
     run_train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=2, **common))
     with open(tmp_path / "resumed" / "log.csv", "a") as log:  # a step logged after the last checkpoint, then killed

@@ -223,8 +223,10 @@ class VideoWorldModel:
 
         Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), applied to
         the UNet's output (eps, v or the residual output F: all affine in the score at a
-        given x_t), with the three passes (no image + no text, image + no text, image +
-        text) in one batch.
+        given x_t), with the passes (no image + no text, image + no text, image + text)
+        in one batch. Written as (1 - g_i) u + (g_i - g_t) img + g_t text, a pass whose
+        weight is zero is skipped: g_i = 1 needs no unconditional pass, g_i = g_t = 1
+        only the text pass.
         """
         cfg = self.config
         unet = unet or self.unet
@@ -241,19 +243,22 @@ class VideoWorldModel:
         g_t = cfg.text_guidance if text_guidance is None else text_guidance
         text = self.text_encoder(texts)
         empty = self.empty_text(b)
-        ctx3 = torch.cat([context, context, context])
-        len3 = torch.cat([torch.zeros_like(context_len), context_len, context_len])
-        txt3 = torch.cat([empty, empty, text])
+        passes = [(1 - g_i, torch.zeros_like(context_len), empty), (g_i - g_t, context_len, empty),
+                  (g_t, context_len, text)]
+        passes = [p for p in passes if p[0] != 0]
+        weights = [weight for weight, _, _ in passes]
+        ctx_all = torch.cat([context] * len(passes))
+        len_all = torch.cat([length for _, length, _ in passes])
+        txt_all = torch.cat([embedding for _, _, embedding in passes])
         sampler = type(self.sampler).from_config(self.sampler.config)
         sampler.set_timesteps(num_steps or cfg.sample_steps)
         latents = torch.randn((b, c, cfg.chunk_frames, h, w), generator=generator) * sampler.init_noise_sigma
         was_training = unet.training
         unet.eval()
         for t in sampler.timesteps:
-            sample = self.window_input(ctx3, len3, torch.cat([latents] * 3))
-            out = unet(sample, t, encoder_hidden_states=txt3).sample[:, :, cfg.context_frames:]
-            e_u, e_i, e_t = out.chunk(3)
-            guided = e_u + g_i * (e_i - e_u) + g_t * (e_t - e_i)
+            sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)))
+            out = unet(sample, t, encoder_hidden_states=txt_all).sample[:, :, cfg.context_frames:]
+            guided = sum(weight * part for weight, part in zip(weights, out.chunk(len(passes))))
             if cfg.prediction_type == "context_residual":
                 guided = self.residual_x0(latents, guided, t, context[:, :, -1:])
             latents = sampler.step(guided, t, latents).prev_sample

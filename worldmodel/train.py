@@ -48,6 +48,9 @@ class TrainConfig:
     drop_image_prob: float = field(default=0.1, metadata={"help": "P(no context) for 3-way CFG"})
     drop_text_prob: float = field(default=0.1, metadata={"help": "P(empty text) for 3-way CFG"})
     shorten_context_prob: float = field(default=0.3, metadata={"help": "P(random shorter f_p)"})
+    context_noise: float = field(default=0.0, metadata={
+        "help": "max std (latent units) of Gaussian noise added to the context, level uniform per sample, so the "
+                "model learns to correct its own errors in long open-loop rollouts; 0 = off"})
     val_episodes: int = field(default=4, metadata={"help": "episodes held out for validation loss"})
     save_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between log rows"})
@@ -72,6 +75,8 @@ class TrainConfig:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"--prediction-type must be one of {', '.join(PREDICTION_TYPES)}, "
                              f"got {self.prediction_type!r}")
+        if self.context_noise < 0:
+            raise ValueError(f"--context-noise must be >= 0, got {self.context_noise}")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
 
@@ -125,6 +130,17 @@ def _condition_dropout(cfg: TrainConfig, context_len: torch.Tensor, texts: list[
     context_len = torch.where(u[:, 1] < cfg.drop_image_prob, torch.zeros_like(context_len), context_len)
     texts = ["" if u[i, 2] < cfg.drop_text_prob else t for i, t in enumerate(texts)]
     return context_len, texts
+
+
+def corrupt_context(cfg: TrainConfig, context: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Noise augmentation of the conditioning frames (as GameNGen does): in an open-loop
+    rollout the context is the model's own output, errors included, and a model that only
+    saw clean context copies them forward (a "context_residual" model, anchored on the
+    noised last frame, learns to remove them instead)."""
+    if cfg.context_noise == 0:
+        return context
+    level = torch.rand(context.shape[0], 1, 1, 1, 1, generator=rng) * cfg.context_noise
+    return context + level * torch.randn(context.shape, generator=rng)
 
 
 @torch.no_grad()
@@ -217,6 +233,7 @@ def run_train(cfg: TrainConfig) -> dict:
             noise_rng.manual_seed(cfg.seed * 1_000_003 + step)
             context, context_len, target = _batch_to_latents(model, batch)
             context_len, texts = _condition_dropout(cfg, context_len, list(batch["text"]), noise_rng)
+            context = corrupt_context(cfg, context, noise_rng)
             loss = model.training_loss(context, context_len, target, model.text_encoder(texts), noise_rng)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; resume from the last checkpoint "
