@@ -30,6 +30,7 @@ ACTIONS = ("stay", "move forward", "turn left", "turn right")
 # MiniWorld's direction angle (radians) of each heading; +x is "right" (east), -z is "up" (north).
 HEADINGS = {"right": 0.0, "up": math.pi / 2, "left": math.pi, "down": -math.pi / 2}
 ROOM_SIZE = 8
+WORLD_PLACEMENTS = 20
 INSTALL_HELP = ("the miniworld backend needs `pip install miniworld==2.1.0` and Debian's Mesa EGL libraries "
                 "(`apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libglx-mesa0`)")
 
@@ -124,16 +125,23 @@ class MiniWorldRetraceEnv(RetraceHooks, gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if self._world is not None:
-            self._world.close()
         size = self.config.image_size
-        self._world = self._world_class(int(self.np_random.integers(2**31 - 1)), obs_width=size, obs_height=size,
-                                        params=self._params, domain_rand=False,
-                                        max_episode_steps=self.config.max_episode_steps)
-        obs, _ = self._world.reset(seed=int(self.np_random.integers(2**31 - 1)))
-        self.start = self.player_pos()
-        self.legs = task.sample_legs(self.np_random, np.round(self.start).astype(int), self.walkable,
-                                     self.config.num_legs, max_steps=task.LEG_MAX - 2)
+        # ~5 % of placements (next to a wall or corner) leave no room for the legs: place again.
+        for placement in range(WORLD_PLACEMENTS):
+            if self._world is not None:
+                self._world.close()
+            self._world = self._world_class(int(self.np_random.integers(2**31 - 1)), obs_width=size,
+                                            obs_height=size, params=self._params, domain_rand=False,
+                                            max_episode_steps=self.config.max_episode_steps)
+            obs, _ = self._world.reset(seed=int(self.np_random.integers(2**31 - 1)))
+            self.start = self.player_pos()
+            try:
+                self.legs = task.sample_legs(self.np_random, np.round(self.start).astype(int), self.walkable,
+                                             self.config.num_legs, max_steps=task.LEG_MAX - 2)
+                break
+            except task.NoClearPathError:
+                if placement == WORLD_PLACEMENTS - 1:
+                    raise
         self.positions = [self.start]
         self._return_from = None
         self._frame = obs

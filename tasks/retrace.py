@@ -46,6 +46,10 @@ def path_of(start: np.ndarray, legs: list[Leg]) -> np.ndarray:
     return np.stack(tiles)
 
 
+class NoClearPathError(RuntimeError):
+    pass
+
+
 def sample_legs(rng: np.random.Generator, start: np.ndarray, walkable, num_legs: int = 3,
                 tries: int = 500, max_steps: int = LEG_MAX) -> list[Leg]:
     """Straight legs over walkable tiles that never cross the path so far.
@@ -70,7 +74,7 @@ def sample_legs(rng: np.random.Generator, start: np.ndarray, walkable, num_legs:
             pos = tiles[-1]
         if len(legs) == num_legs:
             return legs
-    raise RuntimeError(f"no clear {num_legs}-leg path from {tuple(start)} in {tries} tries")
+    raise NoClearPathError(f"no clear {num_legs}-leg path from {tuple(int(v) for v in start)} in {tries} tries")
 
 
 def goal_text(legs: list[Leg]) -> str:

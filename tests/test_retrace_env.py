@@ -110,6 +110,9 @@ def test_miniworld_backend_retraces_first_person(tmp_path):
 
     env = MiniWorldRetraceEnv()
     check_env(env, skip_render_check=True)
+    for seed in (45, 52):  # their first placement leaves no room for 3 legs
+        env.reset(seed=seed)
+        assert len(env.legs) == 3
     obs, _ = env.reset(seed=1)
     assert obs["rgb"].shape == (64, 64, 3)
     start = obs["pos"].copy()
