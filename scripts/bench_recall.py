@@ -41,16 +41,12 @@ def chunks_of(model: VideoWorldModel, record: dict) -> list[tuple[torch.Tensor, 
 
 @torch.no_grad()
 def conditional_loss(model: VideoWorldModel, chunks: list, draws: int) -> float:
-    cfg = model.config
     losses = []
     for context, chunk, text in chunks:
-        fp = context.shape[2]
-        if fp < cfg.context_frames:
-            pad = torch.zeros(*context.shape[:2], cfg.context_frames - fp, *context.shape[3:])
-            context = torch.cat([pad, context], dim=2)
+        context, context_len = model.context_slots(context)
         rep = (draws, 1, 1, 1, 1)
         losses.append(float(model.training_loss(
-            context.repeat(rep), torch.full((draws,), fp), chunk.repeat(rep),
+            context.repeat(rep), context_len.repeat(draws), chunk.repeat(rep),
             model.text_encoder([text]).repeat(draws, 1, 1), torch.Generator().manual_seed(len(losses)))))
     return float(np.mean(losses))
 

@@ -145,13 +145,8 @@ class EpisodeMemory:
     def _loss(self, window: torch.Tensor, clean_frames: int) -> torch.Tensor:
         empty = self.model.empty_text(window.shape[0])
         if clean_frames:
-            context, target = window[:, :, :clean_frames], window[:, :, clean_frames:]
-            fc = self.model.config.context_frames
-            context = context[:, :, -fc:]
-            if context.shape[2] < fc:
-                pad = torch.zeros(*context.shape[:2], fc - context.shape[2], *context.shape[3:])
-                context = torch.cat([pad, context], dim=2)
-            context_len = torch.full((window.shape[0],), min(clean_frames, fc), dtype=torch.long)
+            context, context_len = self.model.context_slots(window[:, :, :clean_frames])
+            target = window[:, :, clean_frames:]
             return self.model.training_loss(context, context_len, target, empty, self.generator)
         return self.model.whole_window_loss(window, empty, self.generator)
 

@@ -213,6 +213,16 @@ class VideoWorldModel:
         predicted = self.unet(self.unet_input(noisy, clean), t, encoder_hidden_states=text_embeddings).sample
         return F.mse_loss(predicted, self.regression_target(frames, noise, t, anchor=frames[:, :, :1]))
 
+    def context_slots(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest ``context_frames`` of ``context`` right-aligned in the window's context
+        slots (empty slots zero), and how many of them hold real frames, per batch row."""
+        fc = self.config.context_frames
+        context = context[:, :, -fc:]
+        real = context.shape[2]
+        if real < fc:
+            context = torch.cat([context.new_zeros(*context.shape[:2], fc - real, *context.shape[3:]), context], dim=2)
+        return context, torch.full((context.shape[0],), real, dtype=torch.long)
+
     # --- sampling -------------------------------------------------------------------------
     @torch.no_grad()
     def generate_chunk(self, context: torch.Tensor, texts: list[str], context_len: torch.Tensor | None = None,
@@ -230,15 +240,9 @@ class VideoWorldModel:
         """
         cfg = self.config
         unet = unet or self.unet
-        b, c, fp, h, w = context.shape
-        if fp > cfg.context_frames:
-            context = context[:, :, -cfg.context_frames:]
-            fp = cfg.context_frames
-        if context_len is None:
-            context_len = torch.full((b,), fp, dtype=torch.long)
-        if fp < cfg.context_frames:
-            pad = torch.zeros(b, c, cfg.context_frames - fp, h, w)
-            context = torch.cat([pad, context], dim=2)
+        context, real_frames = self.context_slots(context)
+        context_len = real_frames if context_len is None else context_len
+        b, c, _, h, w = context.shape
         g_i = cfg.image_guidance if image_guidance is None else image_guidance
         g_t = cfg.text_guidance if text_guidance is None else text_guidance
         text = self.text_encoder(texts)
