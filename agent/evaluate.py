@@ -53,7 +53,10 @@ class EvaluateConfig:
     checkpoint: str | None = field(default=None, metadata={"help": "task checkpoint folder "
                                                            "(default: checkpoints/TASK)"})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
-    memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
+    memory_steps: int | None = field(default=None, metadata={
+        "help": "Temp-LoRA Adam steps per chunk (default: each world model's own, else 1)"})
+    memory_lr: float | None = field(default=None, metadata={
+        "help": "Temp-LoRA learning rate (default: each world model's own, else 1e-4)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     references: bool = field(default=True, metadata={"help": "also run the expert and idm-replay rows"})
@@ -168,7 +171,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     if models is None:  # a fresh model per variant: Temp-LoRA adds adapters in place
                         models = VideoWorldModel.from_pretrained(paths[VARIANTS[row][0]])
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
-                                          out=str(done.parent), memory_steps=cfg.memory_steps,
+                                          out=str(done.parent), memory_steps=cfg.memory_steps, memory_lr=cfg.memory_lr,
                                           memory_source=cfg.memory_source, videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)
             per_row[row].append(json.loads(done.read_text()))

@@ -43,8 +43,12 @@ class PlanConfig:
     llm_model: str | None = field(default=None, metadata={"help": "model name for --llm openai "
                                                           "(default: $SLOWFAST_LLM_MODEL)"})
     closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
-    memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA Adam steps per chunk"})
-    memory_variant: str = field(default="local", metadata={"help": "Temp-LoRA variant: local | original | global"})
+    memory_steps: int | None = field(default=None, metadata={
+        "help": "Temp-LoRA Adam steps per chunk (default: the world model's own, else 1)"})
+    memory_lr: float | None = field(default=None, metadata={
+        "help": "Temp-LoRA learning rate (default: the world model's own, else 1e-4)"})
+    memory_variant: str | None = field(default=None, metadata={
+        "help": "Temp-LoRA variant: local | original | global (default: the world model's own, else local)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     videos: bool = field(default=True, metadata={"help": "write mp4/gif videos"})
@@ -92,8 +96,9 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     env.reset(seed=cfg.seed)
     goal = cfg.goal or env.goal_text()
     subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
-    planner = Planner(world_model, idm, cfg.memory, MemoryConfig(steps=cfg.memory_steps, variant=cfg.memory_variant,
-                                                                  seed=cfg.seed), cfg.closed_loop, cfg.memory_source)
+    memory_config = MemoryConfig.for_model(world_model, steps=cfg.memory_steps, lr=cfg.memory_lr,
+                                           variant=cfg.memory_variant, seed=cfg.seed)
+    planner = Planner(world_model, idm, cfg.memory, memory_config, cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
     started = time.time()
     metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar)
@@ -107,6 +112,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
         "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,
         "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source,
+        "memory_config": memory_config.to_dict() if cfg.memory == "temp-lora" else None,
     }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

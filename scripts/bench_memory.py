@@ -7,8 +7,9 @@ and ``temp-lora``; revisit frames (same place / same cube layout again, from the
 simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 frames.
 Last output line: one JSON object.
 
-Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--memory-steps 1]
-       [--memory-lr 1e-4] [--targets temporal|spatial+temporal] [--modes none,temp-lora]
+Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
+       [--memory-steps K] [--memory-lr LR] [--targets temporal|spatial+temporal] [--modes none,temp-lora]
+Memory settings not given come from the world model, else from MemoryConfig's defaults.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def main() -> None:
     parser.add_argument("--task", default="retrace")
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=1)
-    parser.add_argument("--memory-steps", type=int, default=1)
-    parser.add_argument("--memory-lr", type=float, default=MemoryConfig.lr, help="Temp-LoRA Adam learning rate")
-    parser.add_argument("--targets", default="temporal", choices=sorted(TARGETS), help="Temp-LoRA target set")
+    own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
+    parser.add_argument("--memory-steps", type=int, default=None, help="Temp-LoRA Adam steps per chunk " + own)
+    parser.add_argument("--memory-lr", type=float, default=None, help="Temp-LoRA Adam learning rate " + own)
+    parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help="Temp-LoRA target set " + own)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
@@ -50,6 +52,7 @@ def main() -> None:
     expert = envs.expert_for(env)
     chunk = VideoWorldModel.from_pretrained(path).config.chunk_frames
     scores = {m: {"scuts": [], "src": [], "revisit_psnr": []} for m in modes}
+    memory_settings = None
     seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     seeds = list(range(args.seed, args.seed + args.episodes))
     for seed in seeds:
@@ -61,8 +64,9 @@ def main() -> None:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
             memory = None
             if mode == "temp-lora":
-                memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, lr=args.memory_lr,
-                                                            targets=args.targets, seed=seed))
+                memory = EpisodeMemory(model, MemoryConfig.for_model(model, steps=args.memory_steps, lr=args.memory_lr,
+                                                                     targets=args.targets, seed=seed))
+                memory_settings = memory.config.to_dict()
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
                                   memory=memory)
@@ -79,7 +83,7 @@ def main() -> None:
         "task": args.task, "frames": len(record["frames"]), "revisit_pairs": len(pairs),
         "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
         "seconds_per_chunk": per_chunk, "overhead": overhead,
-        "memory_steps": args.memory_steps, "memory_lr": args.memory_lr, "targets": args.targets, "seeds": seeds}))
+        "memory": memory_settings, "seeds": seeds}))
 
 
 if __name__ == "__main__":

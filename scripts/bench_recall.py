@@ -8,8 +8,10 @@ A memory the base model can read lowers it; ``relative_change`` < 0 is the goal.
 Last output line: one JSON object.
 
 Usage: python scripts/bench_recall.py --task retrace [--seed 10000] [--episodes 2]
-       [--checkpoint DIR] [--memory-steps 1] [--memory-lr 1e-4] [--variant local]
-       [--targets temporal] [--noise-draws 16]
+       [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--variant local|original|global]
+       [--targets temporal|spatial+temporal] [--noise-draws 16]
+Memory settings not given come from the world model (a slow-fast finetuned base carries
+the ones it was trained with), else from MemoryConfig's defaults.
 """
 
 from __future__ import annotations
@@ -57,16 +59,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--checkpoint", default=None, help="world model folder (default: the shipped base)")
-    parser.add_argument("--memory-steps", type=int, default=MemoryConfig.steps)
-    parser.add_argument("--memory-lr", type=float, default=MemoryConfig.lr)
-    parser.add_argument("--variant", default=MemoryConfig.variant, choices=VARIANTS)
-    parser.add_argument("--targets", default=MemoryConfig.targets, choices=sorted(TARGETS))
+    own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
+    parser.add_argument("--memory-steps", type=int, default=None, help=own)
+    parser.add_argument("--memory-lr", type=float, default=None, help=own)
+    parser.add_argument("--variant", default=None, choices=VARIANTS, help=own)
+    parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help=own)
     parser.add_argument("--noise-draws", type=int, default=16)
     args = parser.parse_args()
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     model.unet.eval()
-    memory = EpisodeMemory(model, MemoryConfig(steps=args.memory_steps, lr=args.memory_lr, variant=args.variant,
-                                               targets=args.targets))
+    memory = EpisodeMemory(model, MemoryConfig.for_model(model, steps=args.memory_steps, lr=args.memory_lr,
+                                                         variant=args.variant, targets=args.targets))
     env = envs.make(args.task, **({"num_legs": 6} if args.task == "retrace" else {}))
     expert = envs.expert_for(env)
     seeds = list(range(args.seed, args.seed + args.episodes))
@@ -85,7 +88,7 @@ def main() -> None:
         "task": args.task, "checkpoint": args.checkpoint or "shipped base", "seeds": seeds,
         "loss_without_memory": [round(x, 5) for x in without], "loss_with_memory": [round(x, 5) for x in with_memory],
         "relative_change": round(float(np.mean(np.array(with_memory) / np.array(without) - 1)), 5),
-        "memory": {"steps": args.memory_steps, "lr": args.memory_lr, "variant": args.variant, "targets": args.targets},
+        "memory": memory.config.to_dict(),
     }))
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -71,6 +71,23 @@ class MemoryConfig:
             raise EpisodeMemoryError(f"unknown Temp-LoRA targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
         if self.steps < 0 or self.rank < 1:
             raise EpisodeMemoryError(f"Temp-LoRA needs steps >= 0 and rank >= 1, got {self.steps}, {self.rank}")
+
+    @classmethod
+    def for_model(cls, model: VideoWorldModel, **overrides) -> "MemoryConfig":
+        """The memory ``model`` was slow-fast finetuned with (its config's ``temp_lora``),
+        then the defaults; ``overrides`` whose value is not None win."""
+        values = {k: v for k, v in model.config.temp_lora.items() if k != "seed"}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("betas"), list):
+            values["betas"] = tuple(values["betas"])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise EpisodeMemoryError(f"bad Temp-LoRA settings {values}: {error}") from None
+
+    def to_dict(self) -> dict:
+        """The settings a finetuned base stores (the per-episode seed is not one of them)."""
+        return {k: v for k, v in asdict(self).items() if k != "seed"}
 
 
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:

@@ -76,6 +76,9 @@ class WorldModelConfig:
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
     task: str = ""
+    # The Temp-LoRA settings (MemoryConfig fields) a slow-fast finetuned base learned to
+    # read; planning and the benchmarks use them unless told otherwise. Empty: defaults.
+    temp_lora: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -12,9 +12,11 @@ For every training episode, in order:
    text. One loaded snapshot serves a batch of ``noise_samples`` noise draws.
 
 Repeated for ``epochs``. The finetuned base (without adapter) is saved like any world
-model; ``OUT/log.csv`` has the outer loss with memory, and at every checkpoint the
-validation loss on held-out episodes with their own memory and without any.
-Resumable after a kill: the state is saved after every episode.
+model, with the Temp-LoRA settings it learned to read in its config (``temp_lora``), so
+planning uses the same memory. ``OUT/log.csv`` has the outer loss with memory, and at
+every checkpoint the validation loss on held-out episodes with their own memory and
+without any. Resumable after a kill: the state is saved with every checkpoint
+(``--save-every`` episodes) and a resumed run repeats the episodes after it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ class FinetuneConfig:
     max_chunks: int = field(default=0, metadata={"help": "use each episode's first N chunks (0 = all)"})
     lr: float = field(default=5e-5, metadata={"help": "slow learning rate (base weights)"})
     noise_samples: int = field(default=4, metadata={"help": "noise draws per (snapshot, pair) batch"})
-    memory_steps: int = field(default=1, metadata={"help": "Temp-LoRA steps per chunk in the inner loop"})
-    memory_lr: float = field(default=1e-4, metadata={"help": "Temp-LoRA learning rate"})
-    memory_rank: int = field(default=32, metadata={"help": "Temp-LoRA rank"})
+    memory_steps: int | None = field(default=None, metadata={
+        "help": "Temp-LoRA steps per chunk in the inner loop (default: --from's, else 1)"})
+    memory_lr: float | None = field(default=None, metadata={
+        "help": "Temp-LoRA learning rate (default: --from's, else 1e-4)"})
+    memory_rank: int | None = field(default=None, metadata={
+        "help": "Temp-LoRA rank, alpha = rank (default: --from's, else 32)"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
     save_every: int = field(default=5, metadata={"help": "episodes between checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
@@ -142,8 +147,10 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         train_eps = train_eps[:cfg.max_episodes]
     val_chunks = [episode_chunks(dataset, e, model, cfg.max_chunks) for e in range(len(data) - n_val, len(data))]
 
-    memory = EpisodeMemory(model, MemoryConfig(rank=cfg.memory_rank, alpha=float(cfg.memory_rank), lr=cfg.memory_lr,
-                                               steps=cfg.memory_steps, seed=cfg.seed))
+    memory = EpisodeMemory(model, MemoryConfig.for_model(
+        model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None, lr=cfg.memory_lr,
+        steps=cfg.memory_steps, seed=cfg.seed))
+    model.config.temp_lora = memory.config.to_dict()  # the finetuned base is read with this memory
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)
     unet, optimizer = accelerator.prepare(model.unet, optimizer)
