@@ -84,3 +84,26 @@ def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dat
     with open(tmp_path / "ft" / "log.csv") as f:
         assert [r["episodes_done"] for r in csv.DictReader(f)] == ["1", "2"]  # episode 2's row is the rerun's
     assert json.loads((tmp_path / "ft" / "state" / "progress.json").read_text()) == {"episodes_done": 2}
+
+
+def test_finetune_saves_the_ema_of_the_base_weights(tiny_base, cubes_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    root, _ = cubes_dataset
+    common = dict(task="return_cubes", from_checkpoint=str(tiny_base), data=str(root), val_episodes=0,
+                  noise_samples=1, memory_rank=4, save_every=2, progress=False, max_episodes=2, max_chunks=3,
+                  lr=1e-2)
+    start = VideoWorldModel.from_pretrained(tiny_base).unet.state_dict()
+    lag = {}  # how far the saved weights sit behind the raw ones, as a fraction of the whole move
+    for decay in (0.0, 0.9):
+        out = tmp_path / f"ema_{decay}"
+        assert run_finetune(FinetuneConfig(**common, out=str(out), ema_decay=decay)) == 0
+        raw = {k.replace(".base_layer", ""): v for k, v in load_file(out / "state" / "model.safetensors").items()
+               if "lora_" not in k}
+        saved = VideoWorldModel.from_pretrained(out).unet.state_dict()
+        lag[decay] = (sum(float((saved[k] - raw[k]).abs().sum()) for k in saved)
+                      / sum(float((start[k] - raw[k]).abs().sum()) for k in saved))
+    assert lag[0.0] < 0.02  # the raw weights, rounded to fp16
+    assert lag[0.9] > 0.05
+    with pytest.raises(ValueError, match="--ema-decay"):
+        FinetuneConfig(ema_decay=1.0)
