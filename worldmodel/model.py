@@ -76,8 +76,10 @@ class WorldModelConfig:
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
     task: str = ""
-    # The Temp-LoRA settings (MemoryConfig fields) a slow-fast finetuned base learned to
-    # read; planning and the benchmarks use them unless told otherwise. Empty: defaults.
+    # The Temp-LoRA settings (MemoryConfig fields) to use with this model: those a slow-fast
+    # finetuned base learned to read, or those chosen by measurement for a slow-learned one
+    # (checkpoints/README.md). Planning and the benchmarks use them unless told otherwise;
+    # empty: MemoryConfig's defaults.
     temp_lora: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
