@@ -74,8 +74,9 @@ class MemoryConfig:
 
     @classmethod
     def for_model(cls, model: VideoWorldModel, **overrides) -> "MemoryConfig":
-        """The memory ``model`` was slow-fast finetuned with (its config's ``temp_lora``),
-        then the defaults; ``overrides`` whose value is not None win."""
+        """``model``'s own Temp-LoRA settings (its config's ``temp_lora``: for a slow-fast
+        finetuned base, the memory it learned to read), then the defaults; ``overrides``
+        whose value is not None win."""
         values = {k: v for k, v in model.config.temp_lora.items() if k != "seed"}
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("betas"), list):
@@ -86,7 +87,7 @@ class MemoryConfig:
             raise EpisodeMemoryError(f"bad Temp-LoRA settings {values}: {error}") from None
 
     def to_dict(self) -> dict:
-        """The settings a finetuned base stores (the per-episode seed is not one of them)."""
+        """The settings a world model's config stores (the per-episode seed is not one of them)."""
         return {k: v for k, v in asdict(self).items() if k != "seed"}
 
 
