@@ -122,3 +122,17 @@ def test_memory_learns_inside_a_no_grad_rollout():
     video = model.rollout(first, ["go left for 3 steps", "go up for 3 steps"], memory=memory)
     assert video.shape == (17, 64, 64, 3) and len(memory.losses) == 2
     assert _hash(memory.params) != adapter_hash
+
+
+def test_an_episode_memory_depends_on_its_seed_alone():
+    previous, new = _latents(_model(), 4, 0), _latents(_model(), 8, 1)
+    learned = []
+    for global_seed, memory_seed in ((1, 7), (2, 7), (1, 8)):
+        model = _model()
+        torch.manual_seed(global_seed)  # whatever the caller's RNG did before
+        memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=2, lr=1e-2, seed=memory_seed))
+        state = torch.get_rng_state()
+        memory.update(previous, new)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
+        learned.append(_hash(memory.params))
+    assert learned[0] == learned[1] != learned[2]

@@ -84,6 +84,11 @@ def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dat
     with open(tmp_path / "ft" / "log.csv") as f:
         assert [r["episodes_done"] for r in csv.DictReader(f)] == ["1", "2"]  # episode 2's row is the rerun's
     assert json.loads((tmp_path / "ft" / "state" / "progress.json").read_text()) == {"episodes_done": 2}
+    # a longer schedule on resume continues the run, and the run's config copy says so
+    assert run_finetune(FinetuneConfig(**{**common, "epochs": 3}, max_episodes=1, resume=True)) == 0
+    assert json.loads((tmp_path / "ft" / "state" / "progress.json").read_text()) == {"episodes_done": 3}
+    saved = (tmp_path / "ft" / "config.yaml").read_text()
+    assert "epochs: 3" in saved and "resume: false" in saved
 
 
 def test_finetune_saves_the_ema_of_the_base_weights(tiny_base, cubes_dataset, tmp_path):

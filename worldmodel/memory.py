@@ -97,7 +97,9 @@ def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
         return
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TARGETS[config.targets],
                       lora_dropout=0.0, init_lora_weights=True)
-    inject_adapter_in_model(lora, model.unet, adapter_name=ADAPTER)
+    with torch.random.fork_rng():  # A's random init follows the memory's seed, not the caller's RNG
+        torch.manual_seed(config.seed)
+        inject_adapter_in_model(lora, model.unet, adapter_name=ADAPTER)
     model.unet._temp_lora_config = config
 
 
@@ -183,22 +185,27 @@ class EpisodeMemory:
         for p in self.params:
             p.requires_grad_(True)
         losses = []
+        # The UNet's temporal convolutions use dropout in train mode; seeding it from the
+        # memory's generator makes an episode's memory a function of its seed alone.
+        dropout_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
         try:
-            for _ in range(self.config.steps):
-                saved = [p.detach().clone() for p in self.params]
-                saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
-                loss = self._loss(window, clean)
-                self.optimizer.zero_grad()
-                loss.backward()
-                grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params)
-                if not torch.isfinite(loss) or not grads_finite:
-                    self._rollback(saved, saved_optimizer, loss)
-                    continue
-                self.optimizer.step()
-                if not all(torch.isfinite(p).all() for p in self.params):
-                    self._rollback(saved, saved_optimizer, loss)
-                    continue
-                losses.append(loss.item())
+            with torch.random.fork_rng():
+                torch.manual_seed(dropout_seed)
+                for _ in range(self.config.steps):
+                    saved = [p.detach().clone() for p in self.params]
+                    saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+                    loss = self._loss(window, clean)
+                    self.optimizer.zero_grad()
+                    loss.backward()
+                    grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params)
+                    if not torch.isfinite(loss) or not grads_finite:
+                        self._rollback(saved, saved_optimizer, loss)
+                        continue
+                    self.optimizer.step()
+                    if not all(torch.isfinite(p).all() for p in self.params):
+                        self._rollback(saved, saved_optimizer, loss)
+                        continue
+                    losses.append(loss.item())
         finally:
             self.optimizer.zero_grad(set_to_none=True)
             for p, flag in zip(base_parameters(unet), base_flags):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +185,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
     if cfg.resume:
         accelerator.load_state(str(state_dir))
         done = json.loads((state_dir / "progress.json").read_text())["episodes_done"]
-    else:
-        (out / "config.yaml").write_text(to_yaml(cfg))
+    # Rewritten on resume too, so a raised --max-episodes/--epochs stays with the run.
+    (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False)))
     log_file, log = open_run_log(out / "log.csv", ["episodes_done", "epoch", "episode", "loss_memory",
                                                    "val_loss_memory", "val_loss_no_memory", "inner_seconds",
                                                    "outer_seconds"], cfg.resume, done)
