@@ -22,7 +22,6 @@ Resumable after a kill: the state is saved with every checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
 from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
+from worldmodel.train import averaged
 
 
 @dataclass
@@ -92,20 +92,6 @@ def episode_chunks(dataset: ChunkDataset, episode: int, model: VideoWorldModel, 
                     "context_len": torch.tensor([item["context_len"]]),
                     "target": model.latent.encode(item["target"][None]), "text": item["text"]})
     return out
-
-
-@contextlib.contextmanager
-def averaged(ema: EMAModel | None, params: list[torch.nn.Parameter]):
-    """The EMA weights in ``params`` while the block runs, the raw ones afterwards."""
-    if ema is None:
-        yield
-        return
-    ema.store(params)
-    ema.copy_to(params)
-    try:
-        yield
-    finally:
-        ema.restore(params)
 
 
 def inner_loop(memory: EpisodeMemory, chunks: list[dict]) -> list[dict[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ exactly the batches it had already seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shlex
@@ -269,10 +270,22 @@ def _checkpoint(accelerator: Accelerator, model: VideoWorldModel, ema: EMAModel,
     accelerator.save_state(str(state_dir))
     (state_dir / "progress.json").write_text(json.dumps({"step": step}))
     unet = accelerator.unwrap_model(model.unet)
-    ema.store(unet.parameters())
-    ema.copy_to(unet.parameters())
-    VideoWorldModel(model.config, unet, model.text_encoder).save_pretrained(out)
-    ema.restore(unet.parameters())
+    with averaged(ema, list(unet.parameters())):
+        VideoWorldModel(model.config, unet, model.text_encoder).save_pretrained(out)
+
+
+@contextlib.contextmanager
+def averaged(ema: EMAModel | None, params: list[torch.nn.Parameter]):
+    """The EMA weights in ``params`` while the block runs, the raw ones afterwards."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def run_train_command(cfg: TrainConfig) -> int:
