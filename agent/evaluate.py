@@ -57,6 +57,9 @@ class EvaluateConfig:
         "help": "Temp-LoRA Adam steps per chunk (default: each world model's own, else 1)"})
     memory_lr: float | None = field(default=None, metadata={
         "help": "Temp-LoRA learning rate (default: each world model's own, else 1e-4)"})
+    memory_crop: int | None = field(default=None, metadata={
+        "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
+                "(default: each world model's own, else 0)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     references: bool = field(default=True, metadata={"help": "also run the expert and idm-replay rows"})
@@ -172,6 +175,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                         models = VideoWorldModel.from_pretrained(paths[VARIANTS[row][0]])
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
                                           out=str(done.parent), memory_steps=cfg.memory_steps, memory_lr=cfg.memory_lr,
+                                          memory_crop=cfg.memory_crop,
                                           memory_source=cfg.memory_source, videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)
             per_row[row].append(json.loads(done.read_text()))

@@ -47,6 +47,9 @@ class PlanConfig:
         "help": "Temp-LoRA Adam steps per chunk (default: the world model's own, else 1)"})
     memory_lr: float | None = field(default=None, metadata={
         "help": "Temp-LoRA learning rate (default: the world model's own, else 1e-4)"})
+    memory_crop: int | None = field(default=None, metadata={
+        "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
+                "(default: the world model's own, else 0)"})
     memory_variant: str | None = field(default=None, metadata={
         "help": "Temp-LoRA variant: local | original | global (default: the world model's own, else local)"})
     memory_source: str = field(default="imagined", metadata={
@@ -96,7 +99,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     env.reset(seed=cfg.seed)
     goal = cfg.goal or env.goal_text()
     subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
-    memory_config = MemoryConfig.for_model(world_model, steps=cfg.memory_steps, lr=cfg.memory_lr,
+    memory_config = MemoryConfig.for_model(world_model, steps=cfg.memory_steps, lr=cfg.memory_lr, crop=cfg.memory_crop,
                                            variant=cfg.memory_variant, seed=cfg.seed)
     planner = Planner(world_model, idm, cfg.memory, memory_config, cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None

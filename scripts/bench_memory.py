@@ -8,7 +8,8 @@ simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 fra
 Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
-       [--memory-steps K] [--memory-lr LR] [--targets temporal|spatial+temporal] [--modes none,temp-lora]
+       [--memory-steps K] [--memory-lr LR] [--memory-crop N]
+       [--targets temporal|spatial+temporal] [--modes none,temp-lora]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 """
 
@@ -39,6 +40,7 @@ def main() -> None:
     own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
     parser.add_argument("--memory-steps", type=int, default=None, help="Temp-LoRA Adam steps per chunk " + own)
     parser.add_argument("--memory-lr", type=float, default=None, help="Temp-LoRA Adam learning rate " + own)
+    parser.add_argument("--memory-crop", type=int, default=None, help="Temp-LoRA training crop (latent side) " + own)
     parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help="Temp-LoRA target set " + own)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
@@ -65,6 +67,7 @@ def main() -> None:
             memory = None
             if mode == "temp-lora":
                 memory = EpisodeMemory(model, MemoryConfig.for_model(model, steps=args.memory_steps, lr=args.memory_lr,
+                                                                     crop=args.memory_crop,
                                                                      targets=args.targets, seed=seed))
                 memory_settings = memory.config.to_dict()
             began = time.perf_counter()

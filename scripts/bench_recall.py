@@ -8,7 +8,7 @@ A memory the base model can read lowers it; ``relative_change`` < 0 is the goal.
 Last output line: one JSON object.
 
 Usage: python scripts/bench_recall.py --task retrace [--seed 10000] [--episodes 2]
-       [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--variant local|original|global]
+       [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--variant local|original|global]
        [--targets temporal|spatial+temporal] [--noise-draws 16]
 Memory settings not given come from the world model (a slow-fast finetuned base carries
 the ones it was trained with), else from MemoryConfig's defaults.
@@ -62,6 +62,7 @@ def main() -> None:
     own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
     parser.add_argument("--memory-steps", type=int, default=None, help=own)
     parser.add_argument("--memory-lr", type=float, default=None, help=own)
+    parser.add_argument("--memory-crop", type=int, default=None, help=own)
     parser.add_argument("--variant", default=None, choices=VARIANTS, help=own)
     parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help=own)
     parser.add_argument("--noise-draws", type=int, default=16)
@@ -69,6 +70,7 @@ def main() -> None:
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     model.unet.eval()
     memory = EpisodeMemory(model, MemoryConfig.for_model(model, steps=args.memory_steps, lr=args.memory_lr,
+                                                         crop=args.memory_crop,
                                                          variant=args.variant, targets=args.targets))
     env = envs.make(args.task, **({"num_legs": 6} if args.task == "retrace" else {}))
     expert = envs.expert_for(env)

@@ -136,3 +136,25 @@ def test_an_episode_memory_depends_on_its_seed_alone():
         assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
         learned.append(_hash(memory.params))
     assert learned[0] == learned[1] != learned[2]
+
+
+def test_a_cropped_step_trains_on_one_square_of_every_frame():
+    model = _model()
+    previous, new = _latents(model, 4, 0), _latents(model, 8, 1)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2, crop=8))
+    window, _ = memory.training_window(previous, new)
+    squares = [memory.crop(window) for _ in range(4)]
+    size = window.shape[-1]
+    for square in squares:
+        assert square.shape == (*window.shape[:3], 8, 8)
+        found = [(y, x) for y in range(size - 7) for x in range(size - 7)
+                 if torch.equal(window[..., y:y + 8, x:x + 8], square)]
+        assert len(found) == 1  # the same square, taken whole, from every frame
+    assert len({tuple(s.flatten()[:4].tolist()) for s in squares}) > 1  # a new square each step
+    adapter_hash = _hash(memory.params)
+    memory.update(previous, new)
+    assert _hash(memory.params) != adapter_hash and len(memory.losses) == 1
+    assert torch.equal(EpisodeMemory(model, MemoryConfig(rank=4, crop=0)).crop(window), window)
+    for bad in (5, 24):  # not a multiple of the UNet's downsampling (2); larger than the latent
+        with pytest.raises(EpisodeMemoryError, match="crop"):
+            EpisodeMemory(_model(), MemoryConfig(rank=4, crop=bad))

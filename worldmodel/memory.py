@@ -19,6 +19,11 @@ The adapter carries from chunk to chunk and ``reset()`` clears it for a new epis
 tensors are handed to the optimizer. A step whose loss or gradient is not finite is
 undone (adapter and optimizer restored) and logged.
 
+``crop`` > 0 trains each step on a random crop x crop square of the window's latents
+(the same square in every frame) instead of the whole frame: the adapter's weights
+are shared across positions, and a step's cost falls with the area (measured in
+``checkpoints/README.md``), which is what keeps the memory inside its time budget.
+
 Target modules: the temporal attention projections (``transformer_in`` and every
 ``temp_attentions`` block); ``spatial+temporal`` adds the spatial attention.
 """
@@ -62,6 +67,7 @@ class MemoryConfig:
     steps: int = 1
     variant: str = "local"
     targets: str = "temporal"
+    crop: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,8 +75,9 @@ class MemoryConfig:
             raise EpisodeMemoryError(f"unknown Temp-LoRA variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.targets not in TARGETS:
             raise EpisodeMemoryError(f"unknown Temp-LoRA targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
-        if self.steps < 0 or self.rank < 1:
-            raise EpisodeMemoryError(f"Temp-LoRA needs steps >= 0 and rank >= 1, got {self.steps}, {self.rank}")
+        if self.steps < 0 or self.rank < 1 or self.crop < 0:
+            raise EpisodeMemoryError(f"Temp-LoRA needs steps >= 0, rank >= 1 and crop >= 0, got {self.steps}, "
+                                     f"{self.rank}, {self.crop}")
 
     @classmethod
     def for_model(cls, model: VideoWorldModel, **overrides) -> "MemoryConfig":
@@ -115,6 +122,11 @@ class EpisodeMemory:
     def __init__(self, model: VideoWorldModel, config: MemoryConfig | None = None):
         self.model = model
         self.config = config or MemoryConfig()
+        size, multiple = model.config.latent_size, 2 ** (len(model.config.block_out_channels) - 1)
+        if self.config.crop and (self.config.crop > size or self.config.crop % multiple):
+            raise EpisodeMemoryError(f"Temp-LoRA crop {self.config.crop} must be a multiple of {multiple} (the "
+                                     f"UNet's downsampling) and at most the latent size {size}; "
+                                     "0 trains on whole frames")
         inject(model, self.config)
         self.params = adapter_parameters(model.unet)
         self._initial = [p.detach().clone() for p in self.params]
@@ -162,6 +174,14 @@ class EpisodeMemory:
             return self.history[:, :, start:start + cfg.window], 0
         return torch.cat([previous, new], dim=2)[:, :, -cfg.window:], 0
 
+    def crop(self, window: torch.Tensor) -> torch.Tensor:
+        """One step's square of the window (the whole window when ``crop`` is 0)."""
+        size, crop = window.shape[-1], self.config.crop
+        if not crop or crop >= size:
+            return window
+        top, left = (int(i) for i in torch.randint(0, size - crop + 1, (2,), generator=self.generator))
+        return window[..., top:top + crop, left:left + crop]
+
     def _loss(self, window: torch.Tensor, clean_frames: int) -> torch.Tensor:
         empty = self.model.empty_text(window.shape[0])
         if clean_frames:
@@ -194,7 +214,7 @@ class EpisodeMemory:
                 for _ in range(self.config.steps):
                     saved = [p.detach().clone() for p in self.params]
                     saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
-                    loss = self._loss(window, clean)
+                    loss = self._loss(self.crop(window), clean)
                     self.optimizer.zero_grad()
                     loss.backward()
                     grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params)

@@ -60,6 +60,9 @@ class FinetuneConfig:
         "help": "Temp-LoRA steps per chunk in the inner loop (default: --from's, else 1)"})
     memory_lr: float | None = field(default=None, metadata={
         "help": "Temp-LoRA learning rate (default: --from's, else 1e-4)"})
+    memory_crop: int | None = field(default=None, metadata={
+        "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
+                "(default: --from's, else 0)"})
     memory_rank: int | None = field(default=None, metadata={
         "help": "Temp-LoRA rank, alpha = rank (default: --from's, else 32)"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
@@ -156,7 +159,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
 
     memory = EpisodeMemory(model, MemoryConfig.for_model(
         model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None, lr=cfg.memory_lr,
-        steps=cfg.memory_steps, seed=cfg.seed))
+        steps=cfg.memory_steps, crop=cfg.memory_crop, seed=cfg.seed))
     model.config.temp_lora = memory.config.to_dict()  # the finetuned base is read with this memory
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)
