@@ -90,6 +90,14 @@ def test_non_finite_step_rolls_the_adapter_back():
     poisoned[0, 0, 0, 0, 0] = float("nan")
     assert memory.update(context, poisoned) == []
     assert memory.rollbacks == 1 and _hash(memory.params) == good
+    # A step that makes the adapter itself non-finite is undone too, Adam's moments and step count included.
+    moments = {p: {k: v.clone() for k, v in state.items()} for p, state in memory.optimizer.state.items()}
+    memory.optimizer.param_groups[0]["lr"] = float("inf")
+    assert memory.update(context, _latents(model, 8, 3)) == []
+    assert memory.rollbacks == 2 and _hash(memory.params) == good
+    assert memory.optimizer.state.keys() == moments.keys()
+    for p, state in memory.optimizer.state.items():
+        assert all(torch.equal(state[k], moments[p][k]) for k in state)
 
 
 def test_variants_train_on_the_windows_they_specify():
