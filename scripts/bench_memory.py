@@ -57,6 +57,7 @@ def main() -> None:
     memory_settings = None
     seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     seeds = list(range(args.seed, args.seed + args.episodes))
+    overrides = dict(steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, targets=args.targets)
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
@@ -66,15 +67,13 @@ def main() -> None:
             # One-time costs (oneDNN kernels built per tensor shape, first backward) stay out of the timings:
             # two chunks with memory meet every shape a rollout uses (1- and 4-frame contexts, both windows).
             warm = VideoWorldModel.from_pretrained(path)
-            warm.rollout(record["frames"][0], texts[:2], seed=seed, memory=EpisodeMemory(warm, MemoryConfig.for_model(
-                warm, steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, targets=args.targets)))
+            warm.rollout(record["frames"][0], texts[:2], seed=seed,
+                         memory=EpisodeMemory(warm, MemoryConfig.for_model(warm, **overrides)))
         for mode in modes:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
             memory = None
             if mode == "temp-lora":
-                memory = EpisodeMemory(model, MemoryConfig.for_model(model, steps=args.memory_steps, lr=args.memory_lr,
-                                                                     crop=args.memory_crop,
-                                                                     targets=args.targets, seed=seed))
+                memory = EpisodeMemory(model, MemoryConfig.for_model(model, **overrides, seed=seed))
                 memory_settings = memory.config.to_dict()
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
