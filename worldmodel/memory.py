@@ -137,6 +137,9 @@ class EpisodeMemory:
         # Dropout layers are the only ones whose output train mode changes in this UNet (no batch norm);
         # switching just them spares the ~12 ms a step of walking its ~900 modules twice.
         self.dropouts = [m for m in model.unet.modules() if isinstance(m, torch.nn.Dropout)]
+        self.wrapped = [(parent, name, child) for parent in model.unet.modules()
+                        for name, child in parent.named_children()
+                        if isinstance(child, LoraLayer) and ADAPTER in child.lora_A]
         self._initial = [p.detach().clone() for p in self.params]
         self.history: torch.Tensor | None = None
         self.losses: list[float] = []
@@ -161,18 +164,15 @@ class EpisodeMemory:
 
         The merged base layers also stand in for their peft wrappers: a wrapper's Python
         forward, run for 40 layers at every sampler step, cost ~3 % of a chunk."""
-        wrapped = [(parent, name, child) for parent in self.model.unet.modules()
-                   for name, child in parent.named_children()
-                   if isinstance(child, LoraLayer) and ADAPTER in child.lora_A]
-        saved = [layer.get_base_layer().weight.detach().clone() for _, _, layer in wrapped]
-        for parent, name, layer in wrapped:
+        saved = [layer.get_base_layer().weight.detach().clone() for _, _, layer in self.wrapped]
+        for parent, name, layer in self.wrapped:
             layer.merge(adapter_names=[ADAPTER])
             setattr(parent, name, layer.get_base_layer())
         try:
             yield
         finally:
             with torch.no_grad():
-                for (parent, name, layer), weight in zip(wrapped, saved):
+                for (parent, name, layer), weight in zip(self.wrapped, saved):
                     setattr(parent, name, layer)
                     layer.unmerge()
                     layer.get_base_layer().weight.copy_(weight)  # unmerge's subtraction leaves rounding
