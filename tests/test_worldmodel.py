@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import csv
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from worldmodel.model import CheckpointError, VideoWorldModel, WorldModelConfig
+from worldmodel.model import CheckpointError, FrameAxisConv3d, VideoWorldModel, WorldModelConfig, build_unet
 from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
 TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
@@ -24,6 +25,24 @@ def _window(model, batch=2, seed=0):
     context = torch.randn(batch, c, model.config.context_frames, s, s, generator=g)
     target = torch.randn(batch, c, model.config.chunk_frames, s, s, generator=g)
     return context, target
+
+
+def test_frame_axis_convolutions_compute_what_the_temporal_conv3d_layers_do():
+    torch.manual_seed(0)
+    plain = build_unet(WorldModelConfig(**TINY))
+    fast = VideoWorldModel(WorldModelConfig(**TINY), unet=copy.deepcopy(plain)).unet
+    swapped = [n for n, m in fast.named_modules() if isinstance(m, FrameAxisConv3d)]
+    temporal = [n for n, m in plain.named_modules() if type(m) is torch.nn.Conv3d and m.kernel_size[1:] == (1, 1)]
+    assert swapped == temporal and len(swapped) > 0
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 50, 12, 8, 8, requires_grad=True)
+    t, text = torch.tensor([10, 900]), torch.randn(2, 1, 384)
+    expected = plain(x, t, encoder_hidden_states=text).sample
+    got = fast(x, t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
 
 
 def test_masked_loss_ignores_context_frames(tiny_model):

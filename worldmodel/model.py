@@ -96,6 +96,34 @@ class WorldModelConfig:
         return self.context_frames + self.chunk_frames
 
 
+class FrameAxisConv3d(torch.nn.Conv3d):
+    """A Conv3d whose kernel spans frames only, (k, 1, 1), run as a Conv2d over (frames, pixels).
+
+    PyTorch's CPU Conv3d sends these layers (diffusers' temporal convolutions) to its slow
+    reference kernel; the same arithmetic as a 2-D convolution runs in oneDNN, up to 4x
+    faster here (README, Models). Same parameters, same state dict."""
+
+    @staticmethod
+    def fits(conv: torch.nn.Module) -> bool:
+        return (type(conv) is torch.nn.Conv3d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+                and all(tuple(getattr(conv, a)[1:]) == v for a, v in (("kernel_size", (1, 1)), ("stride", (1, 1)),
+                                                                     ("padding", (0, 0)), ("dilation", (1, 1)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        out = F.conv2d(x.reshape(b, c, f, h * w), self.weight.squeeze(-1), self.bias, stride=(self.stride[0], 1),
+                       padding=(self.padding[0], 0), dilation=(self.dilation[0], 1), groups=self.groups)
+        return out.view(b, out.shape[1], out.shape[2], h, w)
+
+
+def use_frame_axis_convs(unet: torch.nn.Module) -> int:
+    """Switches the UNet's frame-only Conv3d layers to ``FrameAxisConv3d`` in place; returns how many."""
+    convs = [m for m in unet.modules() if FrameAxisConv3d.fits(m)]
+    for conv in convs:
+        conv.__class__ = FrameAxisConv3d  # adds no state: the layer keeps its parameters and hooks
+    return len(convs)
+
+
 def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
     return UNet3DConditionModel(
         sample_size=config.latent_size,
@@ -118,6 +146,7 @@ class VideoWorldModel:
                  text_encoder: TextEncoder | None = None):
         self.config = config
         self.unet = unet if unet is not None else build_unet(config)
+        use_frame_axis_convs(self.unet)
         if config.prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
         if config.sampler not in SAMPLERS:
