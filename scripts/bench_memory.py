@@ -9,7 +9,7 @@ Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
        [--memory-steps K] [--memory-lr LR] [--memory-crop N]
-       [--targets temporal|spatial+temporal] [--modes none,temp-lora]
+       [--targets temporal|spatial+temporal|temporal-decoder] [--modes none,temp-lora]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 """
 

@@ -9,7 +9,7 @@ Last output line: one JSON object.
 
 Usage: python scripts/bench_recall.py --task retrace [--seed 10000] [--episodes 2]
        [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--variant local|original|global]
-       [--targets temporal|spatial+temporal] [--noise-draws 16]
+       [--targets temporal|spatial+temporal|temporal-decoder] [--noise-draws 16]
 Memory settings not given come from the world model (a slow-fast finetuned base carries
 the ones it was trained with), else from MemoryConfig's defaults.
 """

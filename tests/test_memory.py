@@ -166,3 +166,31 @@ def test_a_cropped_step_trains_on_one_square_of_every_frame():
     for bad in (5, 24):  # not a multiple of the UNet's downsampling (2); larger than the latent
         with pytest.raises(EpisodeMemoryError, match="crop"):
             EpisodeMemory(_model(), MemoryConfig(rank=4, crop=bad))
+
+
+def test_a_decoder_memory_adapts_and_backpropagates_only_through_the_decoder():
+    reached = {}
+    for targets in ("temporal", "temporal-decoder"):
+        model = _model()
+        memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2, targets=targets))
+        names = [n for n, p in model.unet.named_parameters() if "lora_" in n]
+        calls = []
+        model.unet.down_blocks[0].register_full_backward_hook(lambda *_: calls.append(1))
+        adapter_hash = _hash(memory.params)
+        memory.update(_latents(model, 4, 0), _latents(model, 8, 1))
+        assert _hash(memory.params) != adapter_hash
+        reached[targets] = bool(calls)
+        if targets == "temporal-decoder":
+            assert names and all(n.startswith(("mid_block.", "up_blocks.")) for n in names)
+    assert reached == {"temporal": True, "temporal-decoder": False}
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_the_memory_leaves_the_base_weights_requires_grad_flags_as_the_caller_set_them(trainable):
+    model = _model()
+    model.unet.requires_grad_(trainable)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2))
+    assert all(p.requires_grad == trainable for p in base_parameters(model.unet))
+    memory.update(_latents(model, 4, 0), _latents(model, 8, 1))
+    assert all(p.requires_grad == trainable for p in base_parameters(model.unet))
+    assert all(p.requires_grad for p in memory.params)

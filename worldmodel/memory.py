@@ -25,7 +25,9 @@ are shared across positions, and a step's cost falls with the area (measured in
 ``checkpoints/README.md``), which is what keeps the memory inside its time budget.
 
 Target modules: the temporal attention projections (``transformer_in`` and every
-``temp_attentions`` block); ``spatial+temporal`` adds the spatial attention.
+``temp_attentions`` block); ``spatial+temporal`` adds the spatial attention;
+``temporal-decoder`` keeps only those of the mid block and the up path, so a step's
+backward pass stops there instead of running through the whole UNet (cheaper steps).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ ADAPTER = "temp_lora"
 TARGETS = {
     "temporal": r".*(temp_attentions|transformer_in).*\.(to_q|to_k|to_v|to_out\.0)",
     "spatial+temporal": r".*(attentions|transformer_in).*\.(to_q|to_k|to_v|to_out\.0)",
+    "temporal-decoder": r".*(mid_block|up_blocks).*temp_attentions.*\.(to_q|to_k|to_v|to_out\.0)",
 }
 VARIANTS = ("local", "original", "global")
 MEMORY_MODES = ("none", "anchor-frame", "temp-lora")
@@ -103,9 +106,15 @@ def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
         return
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TARGETS[config.targets],
                       lora_dropout=0.0, init_lora_weights=True)
+    # peft freezes every other parameter; the base keeps the caller's flags instead, because a frozen
+    # weight sends torch's matmul down a slower unfolded path even under no_grad (the temporal
+    # transformers' proj_in on permuted input: +4 % a sampled chunk).
+    flags = [(p, p.requires_grad) for p in model.unet.parameters()]
     with torch.random.fork_rng():  # A's random init follows the memory's seed, not the caller's RNG
         torch.manual_seed(config.seed)
         inject_adapter_in_model(lora, model.unet, adapter_name=ADAPTER)
+    for p, flag in flags:
+        p.requires_grad_(flag)
     model.unet._temp_lora_config = config
 
 

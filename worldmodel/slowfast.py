@@ -63,6 +63,9 @@ class FinetuneConfig:
     memory_crop: int | None = field(default=None, metadata={
         "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
                 "(default: --from's, else 0)"})
+    memory_targets: str | None = field(default=None, metadata={
+        "help": "Temp-LoRA target modules: temporal, spatial+temporal or temporal-decoder (default: --from's, "
+                "else temporal)"})
     memory_rank: int | None = field(default=None, metadata={
         "help": "Temp-LoRA rank, alpha = rank (default: --from's, else 32)"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
@@ -159,7 +162,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
 
     memory = EpisodeMemory(model, MemoryConfig.for_model(
         model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None, lr=cfg.memory_lr,
-        steps=cfg.memory_steps, crop=cfg.memory_crop, seed=cfg.seed))
+        steps=cfg.memory_steps, crop=cfg.memory_crop, targets=cfg.memory_targets, seed=cfg.seed))
     model.config.temp_lora = memory.config.to_dict()  # the finetuned base is read with this memory
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)
