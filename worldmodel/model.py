@@ -116,12 +116,10 @@ class FrameAxisConv3d(torch.nn.Conv3d):
         return out.view(b, out.shape[1], out.shape[2], h, w)
 
 
-def use_frame_axis_convs(unet: torch.nn.Module) -> int:
-    """Switches the UNet's frame-only Conv3d layers to ``FrameAxisConv3d`` in place; returns how many."""
-    convs = [m for m in unet.modules() if FrameAxisConv3d.fits(m)]
-    for conv in convs:
+def use_frame_axis_convs(unet: torch.nn.Module) -> None:
+    """Switches the UNet's frame-only Conv3d layers to ``FrameAxisConv3d`` in place."""
+    for conv in [m for m in unet.modules() if FrameAxisConv3d.fits(m)]:
         conv.__class__ = FrameAxisConv3d  # adds no state: the layer keeps its parameters and hooks
-    return len(convs)
 
 
 def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
