@@ -4,8 +4,10 @@ Every variant plans the same held-out seeds. Variants (paper names in brackets):
 ``no-memory`` slow-learned model, no memory ["Ours wo Temp-LoRA"]; ``anchor-frame``
 Streaming-T2V-like anchor; ``temp-lora`` slow-learned model + Temp-LoRA ["Ours wo
 Loop"]; ``slow-fast`` finetuned model (``slowfast finetune``) + Temp-LoRA ["Ours"].
-Reference rows: ``expert`` (scripted, privileged) and ``idm-replay`` (the expert's
-frames through the IDM, open loop).
+Reference rows: ``expert`` (scripted, privileged), ``idm-replay`` (the expert's
+frames through the IDM, open loop) and ``no-op`` (holds still for the same frame budget:
+the distance an agent scores without doing anything, which the distance alone does not
+penalise, hence the task's first-phase column: cubes moved aside / path walked out).
 
 Each finished episode is a file under ``OUT/episodes/``, so a rerun with the same
 arguments skips it. Outputs: ``results.json``, ``table.md``, ``distances.png`` and
@@ -23,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 import envs
+import tasks
 from agent.config import ConfigError, to_yaml
 from agent.plan import PlanConfig, plan_episode
 from agent.planner import MEMORY_SOURCES
@@ -39,7 +42,9 @@ VARIANTS = {
     "temp-lora": ("worldmodel", "temp-lora"),
     "slow-fast": ("worldmodel_slowfast", "temp-lora"),
 }
-REFERENCES = ("expert", "idm-replay")
+REFERENCES = ("expert", "idm-replay", "no-op")
+# The first half of each task, without which a small distance means nothing: metric key -> table column.
+FIRST_PHASE = {"moved_away": "moved aside", "went_out": "went out"}
 
 
 @dataclass
@@ -93,10 +98,25 @@ def _checkpoints(cfg: EvaluateConfig) -> dict[str, Path]:
     return paths
 
 
+def _hold_still(env, seed: int) -> dict:
+    """Every subgoal's frame budget (the planner's) spent holding still."""
+    expert = envs.expert_for(env)
+    env.reset(seed=seed)
+    task = tasks.get(env.task_name)
+    for subgoal in env.subgoals():
+        env.start_subgoal(subgoal)
+        for _ in range(task.frames_for(subgoal)):
+            env.step(expert.hold())
+    return env.metric()
+
+
 def _reference_episode(kind: str, cfg: EvaluateConfig, seed: int, idm: InverseDynamicsModel) -> dict:
     env = envs.make(cfg.task, cfg.backend)
-    record = rollout_expert(env, envs.expert_for(env), seed)
-    metric = record["metric"] if kind == "expert" else replay(env, idm, record, seed)[0]
+    if kind == "no-op":
+        metric = _hold_still(env, seed)
+    else:
+        record = rollout_expert(env, envs.expert_for(env), seed)
+        metric = record["metric"] if kind == "expert" else replay(env, idm, record, seed)[0]
     env.close()
     return {"seed": seed, "distance": metric["distance"], "success": metric["success"], "metric": metric,
             "seconds": 0.0}
@@ -108,23 +128,25 @@ def summarise(per_episode: list[dict]) -> dict:
                "success_rate": float(np.mean([e["success"] for e in per_episode])),
                "seconds_per_episode": float(np.mean([e["seconds"] for e in per_episode])),
                "per_episode": [{k: e[k] for k in ("seed", "distance", "success")} for e in per_episode]}
-    # return_cubes: a small distance only means something if the cubes were moved aside first.
-    if all("moved_away" in e.get("metric", {}) for e in per_episode):
-        summary["moved_away_rate"] = float(np.mean([e["metric"]["moved_away"] for e in per_episode]))
-        for row, e in zip(summary["per_episode"], per_episode):
-            row["moved_away"] = e["metric"]["moved_away"]
-            row["max_displacement"] = e["metric"]["max_displacement"]
+    for key in FIRST_PHASE:
+        if all(key in e.get("metric", {}) for e in per_episode):
+            summary[f"{key}_rate"] = float(np.mean([e["metric"][key] for e in per_episode]))
+            for row, e in zip(summary["per_episode"], per_episode):
+                row[key] = e["metric"][key]
+                if "max_displacement" in e["metric"]:
+                    row["max_displacement"] = e["metric"]["max_displacement"]
     return summary
 
 
 def write_table(results: dict, path: Path) -> None:
     unit = "m" if results["task"] == "return_cubes" else "blocks"
-    moved = all("moved_away_rate" in row for row in results["variants"].values())
-    lines = [f"| variant | distance ({unit}) mean ± std | " + ("moved aside | " if moved else "")
-             + "success | s / episode |", "| --- | --- | " + ("--- | " if moved else "") + "--- | --- |"]
+    phase = next((key for key in FIRST_PHASE if all(f"{key}_rate" in row for row in results["variants"].values())),
+                 None)
+    lines = [f"| variant | distance ({unit}) mean ± std | " + (f"{FIRST_PHASE[phase]} | " if phase else "")
+             + "success | s / episode |", "| --- | --- | " + ("--- | " if phase else "") + "--- | --- |"]
     for name, row in results["variants"].items():
         lines.append(f"| {name} | {row['distance_mean']:.4f} ± {row['distance_std']:.4f} | "
-                     + (f"{row['moved_away_rate']:.0%} | " if moved else "")
+                     + (f"{row[f'{phase}_rate']:.0%} | " if phase else "")
                      + f"{row['success_rate']:.0%} | {row['seconds_per_episode']:.1f} |")
     path.write_text(f"{results['task']} ({results['backend']}), seeds {results['seed']}.."
                     f"{results['seed'] + results['episodes'] - 1}\n\n" + "\n".join(lines) + "\n")

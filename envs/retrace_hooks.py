@@ -34,4 +34,5 @@ class RetraceHooks:
 
     def metric(self) -> dict:
         start = self._return_from if self._return_from is not None else len(self.positions) - 1
-        return task.metric(self.outbound_path(), np.stack(self.positions[start:]))
+        positions = np.stack(self.positions)
+        return task.metric(self.outbound_path(), positions[:start + 1], positions[start:])

@@ -49,7 +49,7 @@ def conditional_loss(model: VideoWorldModel, chunks: list, draws: int) -> float:
         rep = (draws, 1, 1, 1, 1)
         losses.append(float(model.training_loss(
             context.repeat(rep), context_len.repeat(draws), chunk.repeat(rep),
-            model.text_encoder([text]).repeat(draws, 1, 1), torch.Generator().manual_seed(len(losses)))))
+            model.embed([text]).repeat(draws, 1, 1), torch.Generator().manual_seed(len(losses)))))
     return float(np.mean(losses))
 
 

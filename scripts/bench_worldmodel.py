@@ -11,8 +11,16 @@ pausing: repeat-last scores 50-86 dB there) outweighs every moving chunk;
 chunk weighs by its error. `static_pixel_rmse` is the model's RMS error (grey levels)
 on pixels the true chunk leaves unchanged (repeat-last is ~0 there).
 
+Planning reads actions, not pixels, off an imagined chunk, so the task's inverse-dynamics
+model also labels every frame transition of the generated, the true and the repeated
+chunk: `idm_agreement` is the fraction of transitions whose action (retrace: the move;
+return_cubes: open / close the gripper) matches the one read off the true frames,
+`moving_idm_agreement` the same over transitions whose true action is not "stay"
+(retrace), and `idm_position_error` (return_cubes) the mean distance in metres between
+the arm targets read off generated and true frames; `baseline_*` are repeat-last's.
+
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
-       [--chunks-per-episode 4] [--checkpoint DIR] [--image-guidance G] [--text-guidance G]
+       [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import torch
 
 import envs
 from envs.collect import rollout_expert
+from inverse_dynamics.model import InverseDynamicsModel
+from tasks import retrace
 from worldmodel.generate import default_checkpoint
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import psnr, ssim
@@ -38,17 +48,20 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--chunks-per-episode", type=int, default=4)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the task's shipped one)")
     parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
     parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     cfg = model.config
+    idm = InverseDynamicsModel.from_pretrained(args.idm or default_checkpoint(args.task, "idm"))
     env = envs.make(args.task)
     expert = envs.expert_for(env)
     rng = np.random.default_rng(args.seed)
     scores = {"psnr": [], "ssim": [], "baseline_psnr": [], "baseline_ssim": []}
     mse = {"model": [], "repeat": [], "model_on_unchanged_pixels": []}
+    actions = {"model": [], "repeat": [], "truth": []}
     seconds = []
     seeds = list(range(args.seed, args.seed + args.episodes))
     for seed in seeds:
@@ -75,16 +88,37 @@ def main() -> None:
             mse["model"].append(np.mean(error**2))
             mse["repeat"].append(np.mean((repeat.astype(np.float64) - truth) ** 2))
             mse["model_on_unchanged_pixels"].append(np.mean(error[:, unchanged] ** 2) if unchanged.any() else np.nan)
+            for name, chunk_frames in (("model", generated), ("repeat", repeat), ("truth", truth)):
+                before = np.concatenate([context_frames[-1:], chunk_frames[:-1]])
+                actions[name] += idm.predict(before, chunk_frames)
     env.close()
     pooled = {"pooled_psnr": round(float(10 * np.log10(255**2 / np.mean(mse["model"]))), 3),
               "baseline_pooled_psnr": round(float(10 * np.log10(255**2 / np.mean(mse["repeat"]))), 3),
               "static_pixel_rmse": round(float(np.sqrt(np.nanmean(mse["model_on_unchanged_pixels"]))), 3)}
     result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()}, **pooled,
+              **idm_scores(args.task, actions),
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
                            args.text_guidance if args.text_guidance is not None else cfg.text_guidance]}
     print(json.dumps(result))
+
+
+def idm_scores(task: str, actions: dict[str, list]) -> dict:
+    """How well the actions read off generated (and repeated) chunks match those read off the truth."""
+    truth = np.asarray(actions["truth"])
+    out = {}
+    for name, prefix in (("model", ""), ("repeat", "baseline_")):
+        got = np.asarray(actions[name])
+        if task == "return_cubes":
+            out[f"{prefix}idm_agreement"] = round(float(np.mean(got[:, 3] == truth[:, 3])), 4)
+            gap = np.linalg.norm(got[:, :3] - truth[:, :3], axis=1)
+            out[f"{prefix}idm_position_error"] = round(float(gap.mean()), 4)
+        else:
+            moving = truth != retrace.ACTIONS.index("stay")
+            out[f"{prefix}idm_agreement"] = round(float(np.mean(got == truth)), 4)
+            out[f"{prefix}moving_idm_agreement"] = round(float(np.mean(got[moving] == truth[moving])), 4)
+    return out
 
 
 if __name__ == "__main__":

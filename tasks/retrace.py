@@ -108,15 +108,28 @@ def waypoints(outbound: np.ndarray) -> np.ndarray:
     return np.asarray(outbound)[picks]
 
 
-def metric(outbound: np.ndarray, return_trajectory: np.ndarray) -> dict:
-    """Mean over waypoints of the closest approach of the return trajectory (blocks)."""
+def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_trajectory: np.ndarray) -> dict:
+    """Mean over waypoints of the closest approach of the return trajectory (blocks).
+
+    ``distance`` is the paper's retrace measure; it only means something if the agent first
+    walked the path: one that never leaves the start scores the waypoints' mean distance from
+    the start and ends "back" where it started. So success needs both: the outbound
+    trajectory reached the path's end (``went_out``) and the return ended at the start.
+    """
     points = waypoints(outbound).astype(float)
-    trajectory = np.asarray(return_trajectory, dtype=float).reshape(-1, 2)
-    gaps = np.linalg.norm(points[:, None, :] - trajectory[None, :, :], axis=-1).min(axis=1)
-    final = float(np.linalg.norm(trajectory[-1] - np.asarray(outbound[0], dtype=float)))
+
+    def closest_approach(trajectory: np.ndarray) -> np.ndarray:
+        trajectory = np.asarray(trajectory, dtype=float).reshape(-1, 2)
+        return np.linalg.norm(points[:, None, :] - trajectory[None, :, :], axis=-1).min(axis=1)
+
+    gaps, outbound_gaps = closest_approach(return_trajectory), closest_approach(outbound_trajectory)
+    final = float(np.linalg.norm(np.asarray(return_trajectory, dtype=float).reshape(-1, 2)[-1] - points[0]))
+    went_out = bool(outbound_gaps[-1] <= SUCCESS_RADIUS)
     return {
         "distance": float(gaps.mean()),
         "per_waypoint": [float(g) for g in gaps],
+        "outbound_distance": float(outbound_gaps.mean()),
+        "went_out": went_out,
         "final_distance": final,
-        "success": bool(final <= SUCCESS_RADIUS),
+        "success": went_out and final <= SUCCESS_RADIUS,
     }

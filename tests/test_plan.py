@@ -107,8 +107,20 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
             "--episodes", "2", "--seed", "10000", "--out", str(tmp_path / "eval"), "--no-progress"]
     assert main(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert list(results["variants"]) == ["expert", "idm-replay", "no-memory", "temp-lora"]
+    assert list(results["variants"]) == ["expert", "idm-replay", "no-op", "no-memory", "temp-lora"]
     assert results["variants"]["expert"]["distance_mean"] == 0.0
+    assert results["variants"]["expert"]["went_out_rate"] == 1.0 == results["variants"]["expert"]["success_rate"]
+    # Holding still ends back at the start but never walked the path: no success, and its distance is the
+    # waypoints' mean distance from the start.
+    no_op = results["variants"]["no-op"]
+    assert no_op["went_out_rate"] == 0.0 and no_op["success_rate"] == 0.0
+    for row in no_op["per_episode"]:
+        env = envs.make("retrace")
+        env.reset(seed=row["seed"])
+        points = retrace.waypoints(env.outbound_path())
+        env.close()
+        assert row["distance"] == pytest.approx(np.linalg.norm(points - points[0], axis=1).mean())
+    assert "| went out |" in (tmp_path / "eval" / "table.md").read_text()
     for row in results["variants"].values():
         assert [e["seed"] for e in row["per_episode"]] == [10000, 10001]
     assert (tmp_path / "eval" / "distances.png").stat().st_size > 5000

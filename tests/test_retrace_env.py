@@ -66,14 +66,25 @@ def test_expert_retraces_exactly(retrace_dataset):
     assert sample["text"] == retrace.RETRACE_TEXT
 
 
-def test_metric_uses_closest_approach_to_waypoints():
+def test_metric_uses_closest_approach_to_waypoints_and_success_needs_the_walk_out():
     outbound = retrace.path_of(np.array([0, 0]), [retrace.Leg("right", 4), retrace.Leg("down", 2)])
     assert retrace.waypoints(outbound).tolist() == [[0, 0], [2, 0], [4, 0], [4, 2]]
-    perfect = retrace.metric(outbound, outbound[::-1])
-    assert perfect["distance"] == 0.0 and perfect["success"]
-    stayed = retrace.metric(outbound, outbound[-1:])
-    assert stayed["final_distance"] == pytest.approx(np.hypot(4, 2)) and not stayed["success"]
-    assert stayed["distance"] == pytest.approx(np.mean([np.hypot(4, 2), np.hypot(2, 2), 2.0, 0.0]))
+    perfect = retrace.metric(outbound, outbound, outbound[::-1])
+    assert perfect["distance"] == 0.0 and perfect["outbound_distance"] == 0.0
+    assert perfect["went_out"] and perfect["success"]
+    stayed_out = retrace.metric(outbound, outbound, outbound[-1:])
+    assert stayed_out["final_distance"] == pytest.approx(np.hypot(4, 2)) and not stayed_out["success"]
+    assert stayed_out["distance"] == pytest.approx(np.mean([np.hypot(4, 2), np.hypot(2, 2), 2.0, 0.0]))
+    # Never leaving the start ends "back at the start" but did not do the task.
+    start = outbound[:1]
+    never_left = retrace.metric(outbound, start, start)
+    assert never_left["final_distance"] == 0.0 and not never_left["went_out"] and not never_left["success"]
+    assert never_left["distance"] == pytest.approx(np.mean([0.0, 2.0, 4.0, np.hypot(4, 2)]))
+    assert never_left["outbound_distance"] == never_left["distance"]
+    short = retrace.metric(outbound, outbound[:-1], outbound[-2::-1])  # turned back one block early
+    assert short["went_out"] and short["success"]
+    shorter = retrace.metric(outbound, outbound[:-2], outbound[-3::-1])  # two blocks early
+    assert not shorter["went_out"] and not shorter["success"]
 
 
 def test_bfs_goes_around_obstacles():

@@ -1,13 +1,17 @@
 import contextlib
 import copy
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from worldmodel.model import CheckpointError, FrameAxisConv3d, VideoWorldModel, WorldModelConfig, build_unet
+from envs.dataset import load_dataset
+from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, VideoWorldModel, WorldModelConfig,
+                              build_unet, with_text_in_time_embedding)
+from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
 from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
 TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
@@ -43,6 +47,41 @@ def test_frame_axis_convolutions_compute_what_the_temporal_conv3d_layers_do():
     (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
     (grad_got,) = torch.autograd.grad(got.square().sum(), x)
     torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_attention_over_the_one_text_key_skips_the_kernel_and_computes_the_same(monkeypatch):
+    torch.manual_seed(0)
+    plain = build_unet(WorldModelConfig(**TINY))
+    fast = copy.deepcopy(plain)
+    fast.set_attn_processor(SingleKeyAttnProcessor())
+    plain.eval(), fast.eval()  # the temporal convolutions' dropout would make the gradients differ
+    cross = [m for m in plain.modules() if getattr(m, "is_cross_attention", False)]
+    assert cross
+    kernel_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: kernel_calls.append(a[1].shape[2]) or sdpa(*a, **k))
+    x, t = torch.randn(2, 50, 12, 8, 8), torch.tensor([10, 900])
+    for tokens in (1, 2):
+        text = torch.randn(2, tokens, 384)
+        results = []
+        for unet in (plain, fast):
+            kernel_calls.clear()
+            unet.zero_grad()
+            out = unet(x, t, encoder_hidden_states=text).sample
+            out.square().sum().backward()
+            results.append((out, {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None},
+                            list(kernel_calls)))
+        (expected, grads_expected, calls_expected), (got, grads_got, calls_got) = results
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        for name, grad in grads_expected.items():
+            # With one key, the query and key projections and the norm before the layer cannot change
+            # the output: their gradient is zero, and the fast path leaves it unset.
+            torch.testing.assert_close(grads_got.get(name, torch.zeros_like(grad)), grad, rtol=1e-4, atol=1e-4)
+        assert len(grads_expected) - len(grads_got) == (4 * len(cross) if tokens == 1 else 0)
+        skipped = len(cross) if tokens == 1 else 0
+        assert len(calls_expected) - len(calls_got) == skipped
+        assert 1 not in calls_got
 
 
 def test_masked_loss_ignores_context_frames(tiny_model):
@@ -297,3 +336,58 @@ def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
     start = VideoWorldModel.from_pretrained(tmp_path / "straight")
     assert residual.config.prediction_type == "context_residual" and residual.config.residual_std > 0
     assert residual.config.latent_scale == start.config.latent_scale
+
+
+def test_whitened_text_tells_apart_subgoals_the_raw_embeddings_barely_do():
+    encoder = TextEncoder()
+    left, right = "move the red cube to the left side", "move the red cube to the right side"
+    texts = [left, right, "move the blue cube to the front", "put the red cube back where it was", ""]
+    raw = torch.nn.functional.normalize(encoder([left, right])[:, 0], dim=-1)
+    assert raw[0] @ raw[1] > 0.99
+    whitened = WhitenedText(encoder, texts)
+    codes = whitened(texts)[:, 0]
+    assert codes.shape == (5, encoder.dim)
+    assert (codes.norm(dim=-1) ** 2).mean().item() == pytest.approx(1.0, rel=1e-4)
+    unit = torch.nn.functional.normalize(codes, dim=-1)
+    off_diagonal = (unit @ unit.T)[~torch.eye(5, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.3  # every pair about equally far apart
+    assert whitened(["go somewhere new"]).shape == (1, 1, encoder.dim)  # unseen text: projected onto the span
+    with pytest.raises(TextEncoderError, match="2 distinct"):
+        WhitenedText(encoder, ["", ""])
+
+
+def test_text_in_the_time_embedding_starts_as_the_model_it_grew_from_and_then_reads_the_text(tiny_model):
+    grown = VideoWorldModel(replace(tiny_model.config, text_in_time_embedding=True),
+                            with_text_in_time_embedding(tiny_model.unet), tiny_model.text_encoder)
+    context, _ = _window(tiny_model, batch=1)
+    texts = ["go left for 3 steps", "go right for 3 steps"]
+
+    def sample(model, text):
+        return model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(sample(grown, texts[0]), sample(tiny_model, texts[0]))
+    torch.nn.init.normal_(grown.unet.time_embedding.cond_proj.weight)
+    for layer in grown.unet.modules():  # leave the text no other way in
+        if getattr(layer, "is_cross_attention", False):
+            torch.nn.init.zeros_(layer.to_out[0].weight)
+            torch.nn.init.zeros_(layer.to_out[0].bias)
+    assert not torch.equal(sample(grown, texts[0]), sample(grown, texts[1]))
+
+
+def test_training_with_whitened_text_stores_the_texts_and_reloads_the_same_conditioning(cubes_dataset, tmp_path):
+    root, _ = cubes_dataset
+    run_train(TrainConfig(task="return_cubes", data=str(root), out=str(tmp_path / "run"), max_steps=1, batch_size=2,
+                          val_episodes=1, warmup_steps=1, progress=False, block_out_channels=(16, 32),
+                          attention_head_dim=2, norm_num_groups=8, whiten_text=True, text_in_time_embedding=True))
+    model = VideoWorldModel.from_pretrained(tmp_path / "run")
+    assert model.config.text_in_time_embedding and model.unet.time_embedding.cond_proj is not None
+    data = load_dataset(root)
+    train_texts = {s["text"] for e in range(len(data) - 1) for s in data.episodes[e]["subgoals"]}
+    assert model.config.text_whitening == sorted(train_texts | {""})
+    assert isinstance(model.embed, WhitenedText)
+    texts = model.config.text_whitening
+    again = VideoWorldModel.from_pretrained(tmp_path / "run")
+    torch.testing.assert_close(again.embed(texts), model.embed(texts), rtol=0, atol=0)
+    context = torch.zeros(1, model.config.latent_channels, 1, model.config.latent_size, model.config.latent_size)
+    chunks = [model.generate_chunk(context, [t], generator=torch.Generator().manual_seed(0)) for t in texts[1:3]]
+    assert not torch.equal(*chunks)  # the conditioning reaches the samples

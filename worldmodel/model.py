@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet3DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from worldmodel.latent import SpaceToDepth
-from worldmodel.text import ENCODERS, TextEncoder
+from worldmodel.text import ENCODERS, TextEncoder, WhitenedText
 
 CONFIG_NAME = "worldmodel.json"
 PREDICTION_TYPES = ("v_prediction", "epsilon", "context_residual")
@@ -49,6 +50,13 @@ class WorldModelConfig:
     attention_head_dim: int = 4
     norm_num_groups: int = 16
     text_encoder: str = "all-MiniLM-L6-v2"
+    # The texts the text embeddings are whitened over (`WhitenedText`; `slowfast train
+    # --whiten-text` puts the training data's subgoal texts and "" here); empty: raw embeddings.
+    text_whitening: list[str] = field(default_factory=list)
+    # Also add the text embedding to the noise-level embedding (diffusers' `time_cond_proj_dim`),
+    # which every ResNet block of every resolution and frame receives, as DIAMOND conditions
+    # on actions; otherwise the text reaches the UNet only through the cross-attention layers.
+    text_in_time_embedding: bool = False
     num_train_timesteps: int = 1000
     sample_steps: int = 20
     # "dpmsolver++" (multistep, `solver_order`) or "ddim"; both measured in checkpoints/README.md.
@@ -122,6 +130,29 @@ def use_frame_axis_convs(unet: torch.nn.Module) -> None:
         conv.__class__ = FrameAxisConv3d  # adds no state: the layer keeps its parameters and hooks
 
 
+class SingleKeyAttnProcessor(AttnProcessor2_0):
+    """diffusers' SDPA processor, except that attention over a single key returns that key's value.
+
+    The text condition is one embedding, so every cross-attention layer attends to one key:
+    the softmax of one score is exactly 1, and the output is ``to_out(to_v(text))`` for every
+    query, with no query projection and no attention kernel (2 % of a chunk, bit-identical
+    outputs; README, Models). Any other call is diffusers' processor."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
+        single_key = (encoder_hidden_states is not None and encoder_hidden_states.shape[1] == 1
+                      and attention_mask is None and hidden_states.ndim == 3 and attn.spatial_norm is None
+                      and attn.group_norm is None and not (attn.training and attn.to_out[1].p > 0))
+        if not single_key:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        out = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states))).expand_as(hidden_states)
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
 def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
     return UNet3DConditionModel(
         sample_size=config.latent_size,
@@ -134,7 +165,20 @@ def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
         norm_num_groups=config.norm_num_groups,
         cross_attention_dim=ENCODERS[config.text_encoder],
         attention_head_dim=config.attention_head_dim,
+        time_cond_proj_dim=ENCODERS[config.text_encoder] if config.text_in_time_embedding else None,
     )
+
+
+def with_text_in_time_embedding(unet: UNet3DConditionModel) -> UNet3DConditionModel:
+    """A copy of ``unet`` whose noise-level embedding also takes the text, through a new
+    projection initialised to zero, so the copy predicts exactly what ``unet`` does."""
+    config = dict(unet.config)
+    config["time_cond_proj_dim"] = unet.config.cross_attention_dim
+    grown = UNet3DConditionModel.from_config(config)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    assert missing == ["time_embedding.cond_proj.weight"] and not unexpected, (missing, unexpected)
+    torch.nn.init.zeros_(grown.time_embedding.cond_proj.weight)
+    return grown
 
 
 class VideoWorldModel:
@@ -145,12 +189,16 @@ class VideoWorldModel:
         self.config = config
         self.unet = unet if unet is not None else build_unet(config)
         use_frame_axis_convs(self.unet)
+        self.unet.set_attn_processor(SingleKeyAttnProcessor())
         if config.prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
         if config.sampler not in SAMPLERS:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
+        # What the UNet is conditioned on: (B,) texts -> (B, 1, dim).
+        self.embed = (WhitenedText(self.text_encoder, config.text_whitening) if config.text_whitening
+                      else self.text_encoder)
         # The residual denoiser's output is turned into an x0 estimate before the sampler sees it.
         scheduler_prediction = "sample" if config.prediction_type == "context_residual" else config.prediction_type
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
@@ -164,7 +212,7 @@ class VideoWorldModel:
 
     # --- inputs -------------------------------------------------------------------------
     def empty_text(self, batch: int) -> torch.Tensor:
-        return self.text_encoder([""] * batch)
+        return self.embed([""] * batch)
 
     @staticmethod
     def unet_input(frames: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -188,10 +236,15 @@ class VideoWorldModel:
         clean = torch.cat([valid, torch.zeros(b, noisy.shape[2], device=context.device)], dim=1)
         return self.unet_input(frames, clean)
 
+    def denoise(self, unet, sample: torch.Tensor, timesteps, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """One UNet call; the text goes to cross-attention and, if configured, to the noise-level embedding."""
+        extra = {"timestep_cond": text_embeddings[:, 0]} if self.config.text_in_time_embedding else {}
+        return unet(sample, timesteps, encoder_hidden_states=text_embeddings, **extra).sample
+
     def predict(self, context, context_len, noisy, timesteps, text_embeddings) -> torch.Tensor:
         """The UNet's prediction (``config.prediction_type``) for the noised frames only."""
         sample = self.window_input(context, context_len, noisy)
-        out = self.unet(sample, timesteps, encoder_hidden_states=text_embeddings).sample
+        out = self.denoise(self.unet, sample, timesteps, text_embeddings)
         return out[:, :, context.shape[2]:]
 
     def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +295,7 @@ class VideoWorldModel:
         t = torch.randint(0, self.config.num_train_timesteps, (frames.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(frames, noise, t)
         clean = torch.zeros(frames.shape[0], frames.shape[2])
-        predicted = self.unet(self.unet_input(noisy, clean), t, encoder_hidden_states=text_embeddings).sample
+        predicted = self.denoise(self.unet, self.unet_input(noisy, clean), t, text_embeddings)
         return F.mse_loss(predicted, self.regression_target(frames, noise, t, anchor=frames[:, :, :1]))
 
     def context_slots(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +330,7 @@ class VideoWorldModel:
         b, c, _, h, w = context.shape
         g_i = cfg.image_guidance if image_guidance is None else image_guidance
         g_t = cfg.text_guidance if text_guidance is None else text_guidance
-        text = self.text_encoder(texts)
+        text = self.embed(texts)
         empty = self.empty_text(b)
         passes = [(1 - g_i, torch.zeros_like(context_len), empty), (g_i - g_t, context_len, empty),
                   (g_t, context_len, text)]
@@ -293,7 +346,7 @@ class VideoWorldModel:
         unet.eval()
         for t in sampler.timesteps:
             sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)))
-            out = unet(sample, t, encoder_hidden_states=txt_all).sample[:, :, cfg.context_frames:]
+            out = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:]
             guided = sum(weight * part for weight, part in zip(weights, out.chunk(len(passes))))
             if cfg.prediction_type == "context_residual":
                 guided = self.residual_x0(latents, guided, t, context[:, :, -1:])

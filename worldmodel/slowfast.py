@@ -115,7 +115,7 @@ def outer_loss(model: VideoWorldModel, memory: EpisodeMemory, snapshot: dict, ne
                samples: int, generator: torch.Generator) -> torch.Tensor:
     memory.load_state_dict({k: v.float() for k, v in snapshot.items()})
     rep = lambda x: x.repeat(samples, *([1] * (x.dim() - 1)))  # noqa: E731
-    text = model.text_encoder([next_chunk["text"]] * samples)
+    text = model.embed([next_chunk["text"]] * samples)
     return model.training_loss(rep(next_chunk["context"]), rep(next_chunk["context_len"]),
                                rep(next_chunk["target"]), text, generator)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
-from worldmodel.model import PREDICTION_TYPES, VideoWorldModel, WorldModelConfig
+from worldmodel.model import PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, with_text_in_time_embedding
 
 
 @dataclass
@@ -60,6 +60,12 @@ class TrainConfig:
     init_from: str | None = field(default=None, metadata={
         "help": "start a new run from a saved world model's weights (e.g. a shipped checkpoint)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    whiten_text: bool = field(default=False, metadata={
+        "help": "condition on text embeddings whitened over the data's subgoal texts (WhitenedText); with "
+                "--init-from, switches a raw-text checkpoint over"})
+    text_in_time_embedding: bool = field(default=False, metadata={
+        "help": "also add the text embedding to the noise-level embedding every ResNet block receives; with "
+                "--init-from, adds it to the checkpoint's UNet through a zero-initialised projection"})
     context_frames: int = field(default=4, metadata={"help": "context window f_p max"})
     block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
     attention_head_dim: int = field(default=4, metadata={"help": "UNet attention heads"})
@@ -151,7 +157,7 @@ def validation_loss(model: VideoWorldModel, loader: DataLoader, seed: int) -> fl
     model.unet.eval()
     for batch in loader:
         context, context_len, target = _batch_to_latents(model, batch)
-        text = model.text_encoder(batch["text"])
+        text = model.embed(batch["text"])
         losses.append(model.training_loss(context, context_len, target, text, generator=rng).item())
     model.unet.train()
     return float(np.mean(losses)) if losses else float("nan")
@@ -180,22 +186,30 @@ def run_train(cfg: TrainConfig) -> dict:
     val_set = ChunkDataset(cfg.data, cfg.context_frames, val_eps)
 
     shift, scale = latent_stats_of(train_set)
+    texts = (sorted({s["text"] for e in train_eps for s in data.episodes[e]["subgoals"]} | {""})
+             if cfg.whiten_text else [])
     chunk_frames = int(data.info["chunk_frames"])
     model_config = WorldModelConfig(
         image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
         chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
         latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
-        residual_std=residual_std_of(train_set, chunk_frames, scale))
+        residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=texts,
+        text_in_time_embedding=cfg.text_in_time_embedding)
     if cfg.init_from and not cfg.resume:
         start = VideoWorldModel.from_pretrained(cfg.init_from)
         if start.config.task != cfg.task:
             raise ValueError(f"--init-from {cfg.init_from} is a {start.config.task!r} model, not --task {cfg.task!r}")
         # The weights and the latent space come from the checkpoint, the target from this run.
+        text_in_time = cfg.text_in_time_embedding or start.config.text_in_time_embedding
+        unet = (with_text_in_time_embedding(start.unet) if text_in_time and not start.config.text_in_time_embedding
+                else start.unet)
         model = VideoWorldModel(replace(start.config, prediction_type=cfg.prediction_type,
                                         residual_std=residual_std_of(train_set, chunk_frames,
-                                                                     start.config.latent_scale)),
-                                start.unet.train(), start.text_encoder)
+                                                                     start.config.latent_scale),
+                                        text_whitening=texts or start.config.text_whitening,
+                                        text_in_time_embedding=text_in_time),
+                                unet.train(), start.text_encoder)
     else:
         model = VideoWorldModel(model_config)
     unet = model.unet
@@ -235,7 +249,7 @@ def run_train(cfg: TrainConfig) -> dict:
             context, context_len, target = _batch_to_latents(model, batch)
             context_len, texts = _condition_dropout(cfg, context_len, list(batch["text"]), noise_rng)
             context = corrupt_context(cfg, context, noise_rng)
-            loss = model.training_loss(context, context_len, target, model.text_encoder(texts), noise_rng)
+            loss = model.training_loss(context, context_len, target, model.embed(texts), noise_rng)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; resume from the last checkpoint "
                                          f"with a lower --lr (`bash {out / 'resume.sh'}`)")
