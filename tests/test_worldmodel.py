@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import csv
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -330,12 +331,20 @@ def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
     with pytest.raises(ValueError, match="--resume"):
         run_train(TrainConfig(out=str(tmp_path / "straight"), max_steps=4, **common))
     # A new run from those weights may change what the UNet predicts; the latent space stays the checkpoint's.
-    run_train(TrainConfig(out=str(tmp_path / "residual"), max_steps=1, init_from=str(tmp_path / "straight"),
+    shipped = json.loads((tmp_path / "straight" / "worldmodel.json").read_text())
+    shipped.update(image_guidance=1.0, text_guidance=1.5, temp_lora={"steps": 2})  # settings chosen after training
+    (tmp_path / "straight" / "worldmodel.json").write_text(json.dumps(shipped))
+    run_train(TrainConfig(out=str(tmp_path / "residual"), max_steps=2, init_from=str(tmp_path / "straight"),
                           prediction_type="context_residual", **common))
     residual = VideoWorldModel.from_pretrained(tmp_path / "residual")
     start = VideoWorldModel.from_pretrained(tmp_path / "straight")
     assert residual.config.prediction_type == "context_residual" and residual.config.residual_std > 0
     assert residual.config.latent_scale == start.config.latent_scale
+    # Resumed, such a run keeps what it started from, not a config rebuilt from the data and the defaults.
+    run_train(TrainConfig(out=str(tmp_path / "residual"), max_steps=3, init_from=str(tmp_path / "straight"),
+                          prediction_type="context_residual", resume=True, **common))
+    resumed = VideoWorldModel.from_pretrained(tmp_path / "residual").config
+    assert (resumed.image_guidance, resumed.text_guidance, resumed.temp_lora) == (1.0, 1.5, {"steps": 2})
 
 
 def test_whitened_text_tells_apart_subgoals_the_raw_embeddings_barely_do():

@@ -196,7 +196,13 @@ def run_train(cfg: TrainConfig) -> dict:
         latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
         residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=texts,
         text_in_time_embedding=cfg.text_in_time_embedding)
-    if cfg.init_from and not cfg.resume:
+    if cfg.resume:
+        # The run's own saved model: its config is the one it trained with (a run started with
+        # --init-from carries that checkpoint's guidance and memory settings); the weights are
+        # replaced by the saved training state below.
+        model = VideoWorldModel.from_pretrained(out)
+        model.unet.train()
+    elif cfg.init_from:
         start = VideoWorldModel.from_pretrained(cfg.init_from)
         if start.config.task != cfg.task:
             raise ValueError(f"--init-from {cfg.init_from} is a {start.config.task!r} model, not --task {cfg.task!r}")
