@@ -400,3 +400,21 @@ def test_training_with_whitened_text_stores_the_texts_and_reloads_the_same_condi
     context = torch.zeros(1, model.config.latent_channels, 1, model.config.latent_size, model.config.latent_size)
     chunks = [model.generate_chunk(context, [t], generator=torch.Generator().manual_seed(0)) for t in texts[1:3]]
     assert not torch.equal(*chunks)  # the conditioning reaches the samples
+
+
+def test_training_loss_at_given_timesteps_uses_them(tiny_model):
+    context, target = _window(tiny_model, batch=1)
+    text, length = tiny_model.embed(["go left for 3 steps"]), torch.tensor([4])
+
+    def loss(t):
+        return tiny_model.training_loss(context, length, target, text, torch.Generator().manual_seed(3),
+                                        timesteps=torch.tensor([t])).item()
+
+    assert loss(999) == loss(999) != loss(10)
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(3))
+    noisy = tiny_model.train_scheduler.add_noise(target, noise, torch.tensor([10]))
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(
+            tiny_model.predict(context, length, noisy, torch.tensor([10]), text),
+            tiny_model.regression_target(target, noise, torch.tensor([10]), anchor=context[:, :, -1:]))
+    assert loss(10) == pytest.approx(expected.item(), rel=1e-6)

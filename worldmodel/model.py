@@ -275,10 +275,12 @@ class VideoWorldModel:
         return (clean - anchor - c_skip * (noisy - alpha * anchor)) / c_out
 
     # --- training (Eq. 2) ---------------------------------------------------------------
-    def training_loss(self, context, context_len, target, text_embeddings,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(self, context, context_len, target, text_embeddings, generator: torch.Generator | None = None,
+                      timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """The masked denoising loss at random timesteps, or at ``timesteps`` if given."""
         noise = torch.randn(target.shape, generator=generator)
-        t = torch.randint(0, self.config.num_train_timesteps, (target.shape[0],), generator=generator)
+        t = timesteps if timesteps is not None else torch.randint(0, self.config.num_train_timesteps,
+                                                                  (target.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(target, noise, t)
         predicted = self.predict(context, context_len, noisy, t, text_embeddings)
         # The anchor is the newest real frame even when condition dropout hides the context

@@ -1,0 +1,73 @@
+"""Does the world model use the subgoal text? Its loss with the true text vs with another one.
+
+On held-out expert episodes, every chunk is noised at fixed timesteps with fixed noise and
+the conditional denoising loss is measured with the chunk's own subgoal text and with each
+other subgoal text of the same episode (same noise). A model that reads the text predicts
+the true chunk better with its own text, most of all at high noise where x_t says little:
+`relative_gain` = (loss with other texts - loss with the true text) / loss with the true
+text, per timestep. ~0 means the text is ignored (session 12: the shipped models). The last
+output line is one JSON object.
+
+Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
+       [--timesteps 300,600,900,999]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+import envs
+from envs.collect import rollout_expert
+from worldmodel.generate import default_checkpoint
+from worldmodel.model import VideoWorldModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="retrace")
+    parser.add_argument("--seed", type=int, default=20_000, help="first held-out episode seed")
+    parser.add_argument("--episodes", type=int, default=6)
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--timesteps", default="300,600,900,999")
+    args = parser.parse_args()
+    timesteps = [int(t) for t in args.timesteps.split(",")]
+    model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
+    cfg = model.config
+    env = envs.make(args.task)
+    expert = envs.expert_for(env)
+    true_loss = {t: [] for t in timesteps}
+    other_loss = {t: [] for t in timesteps}
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    for seed in seeds:
+        record = rollout_expert(env, expert, seed)
+        frames, subgoal_index = record["frames"], record["subgoal_index"]
+        texts = sorted({s["text"] for s in record["subgoals"]})
+        for start in range(0, len(subgoal_index) - cfg.chunk_frames + 1, cfg.chunk_frames):
+            text = record["subgoals"][int(subgoal_index[start])]["text"]
+            context, context_len = model.context_slots(
+                model.latent.encode(frames[max(0, start + 1 - cfg.context_frames):start + 1][None]))
+            target = model.latent.encode(frames[start + 1:start + 1 + cfg.chunk_frames][None])
+            for t in timesteps:
+                losses = {}
+                for candidate in texts:
+                    with torch.no_grad():
+                        losses[candidate] = float(model.training_loss(
+                            context, context_len, target, model.embed([candidate]),
+                            torch.Generator().manual_seed(seed * 1000 + start), timesteps=torch.tensor([t])))
+                true_loss[t].append(losses[text])
+                other_loss[t].append(np.mean([v for k, v in losses.items() if k != text]))
+    env.close()
+    mean_true = [float(np.mean(true_loss[t])) for t in timesteps]
+    mean_other = [float(np.mean(other_loss[t])) for t in timesteps]
+    print(json.dumps({"task": args.task, "timesteps": timesteps, "loss_true_text": [round(v, 4) for v in mean_true],
+                      "loss_other_texts": [round(v, 4) for v in mean_other],
+                      "relative_gain": [round((o - a) / a, 4) for a, o in zip(mean_true, mean_other)],
+                      "chunks": len(true_loss[timesteps[0]]), "seeds": seeds}))
+
+
+if __name__ == "__main__":
+    main()
