@@ -185,17 +185,9 @@ def run_train(cfg: TrainConfig) -> dict:
     train_set = ChunkDataset(cfg.data, cfg.context_frames, train_eps)
     val_set = ChunkDataset(cfg.data, cfg.context_frames, val_eps)
 
-    shift, scale = latent_stats_of(train_set)
-    texts = (sorted({s["text"] for e in train_eps for s in data.episodes[e]["subgoals"]} | {""})
-             if cfg.whiten_text else [])
+    whitening_texts = (sorted({s["text"] for e in train_eps for s in data.episodes[e]["subgoals"]} | {""})
+                       if cfg.whiten_text else [])
     chunk_frames = int(data.info["chunk_frames"])
-    model_config = WorldModelConfig(
-        image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
-        chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
-        attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
-        latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
-        residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=texts,
-        text_in_time_embedding=cfg.text_in_time_embedding)
     if cfg.resume:
         # The run's own saved model: its config is the one it trained with (a run started with
         # --init-from carries that checkpoint's guidance and memory settings); the weights are
@@ -213,11 +205,18 @@ def run_train(cfg: TrainConfig) -> dict:
         model = VideoWorldModel(replace(start.config, prediction_type=cfg.prediction_type,
                                         residual_std=residual_std_of(train_set, chunk_frames,
                                                                      start.config.latent_scale),
-                                        text_whitening=texts or start.config.text_whitening,
+                                        text_whitening=whitening_texts or start.config.text_whitening,
                                         text_in_time_embedding=text_in_time),
                                 unet.train(), start.text_encoder)
     else:
-        model = VideoWorldModel(model_config)
+        shift, scale = latent_stats_of(train_set)
+        model = VideoWorldModel(WorldModelConfig(
+            image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
+            chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
+            attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
+            latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
+            residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
+            text_in_time_embedding=cfg.text_in_time_embedding))
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
