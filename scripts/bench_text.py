@@ -9,7 +9,11 @@ text, per timestep. ~0 means the text is ignored (session 12: the shipped models
 output line is one JSON object.
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
-       [--timesteps 300,600,900,999]
+       [--timesteps 300,600,900,999] [--context-frames 1]
+
+With many context frames the motion so far often tells where the chunk goes (a retrace
+subgoal keeps one direction for several chunks), so the text matters most where the
+context is one frame, as in a plan's first chunk: `--context-frames 1` measures that case.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--timesteps", default="300,600,900,999")
+    parser.add_argument("--context-frames", type=int, default=None,
+                        help="context frames given to the model (default: its full window)")
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     cfg = model.config
+    context_frames = args.context_frames or cfg.context_frames
     env = envs.make(args.task)
     expert = envs.expert_for(env)
     true_loss = {t: [] for t in timesteps}
@@ -49,7 +56,7 @@ def main() -> None:
         for start in range(0, len(subgoal_index) - cfg.chunk_frames + 1, cfg.chunk_frames):
             text = record["subgoals"][int(subgoal_index[start])]["text"]
             context, context_len = model.context_slots(
-                model.latent.encode(frames[max(0, start + 1 - cfg.context_frames):start + 1][None]))
+                model.latent.encode(frames[max(0, start + 1 - context_frames):start + 1][None]))
             target = model.latent.encode(frames[start + 1:start + 1 + cfg.chunk_frames][None])
             for t in timesteps:
                 losses = {}
@@ -66,7 +73,7 @@ def main() -> None:
     print(json.dumps({"task": args.task, "timesteps": timesteps, "loss_true_text": [round(v, 4) for v in mean_true],
                       "loss_other_texts": [round(v, 4) for v in mean_other],
                       "relative_gain": [round((o - a) / a, 4) for a, o in zip(mean_true, mean_other)],
-                      "chunks": len(true_loss[timesteps[0]]), "seeds": seeds}))
+                      "chunks": len(true_loss[timesteps[0]]), "context_frames": context_frames, "seeds": seeds}))
 
 
 if __name__ == "__main__":

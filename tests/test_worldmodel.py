@@ -13,7 +13,7 @@ from envs.dataset import load_dataset
 from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, VideoWorldModel, WorldModelConfig,
                               build_unet, with_text_in_time_embedding)
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
-from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
+from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train, timestep_weights
 
 TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
 
@@ -297,6 +297,17 @@ def test_lr_schedule_warms_up_holds_then_decays_to_zero():
         TrainConfig(max_steps=100, decay_steps=101)
 
 
+def test_high_noise_bias_draws_the_top_of_the_schedule_as_often_as_asked():
+    assert torch.equal(timestep_weights(TrainConfig(), 1000), torch.ones(1000))
+    weights = timestep_weights(TrainConfig(high_noise_portion=0.3, high_noise_weight=3.0), 1000)
+    assert weights[:700].eq(1).all() and weights[700:].eq(3).all()
+    draws = torch.multinomial(weights, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert (draws >= 700).float().mean().item() == pytest.approx(0.9 / 1.6, abs=0.01)
+    for bad in (dict(high_noise_portion=1.0), dict(high_noise_portion=-0.1), dict(high_noise_weight=0.0)):
+        with pytest.raises(ValueError, match="--high-noise"):
+            TrainConfig(**bad)
+
+
 def test_context_noise_corrupts_each_sample_at_its_own_level():
     context = torch.zeros(64, 3, 4, 4, 4)
     assert corrupt_context(TrainConfig(), context, torch.Generator()) is context
@@ -335,10 +346,11 @@ def test_resume_continues_the_same_loss_curve(cubes_dataset, tmp_path):
     shipped.update(image_guidance=1.0, text_guidance=1.5, temp_lora={"steps": 2})  # settings chosen after training
     (tmp_path / "straight" / "worldmodel.json").write_text(json.dumps(shipped))
     run_train(TrainConfig(out=str(tmp_path / "residual"), max_steps=2, init_from=str(tmp_path / "straight"),
-                          prediction_type="context_residual", **common))
+                          prediction_type="context_residual", zero_terminal_snr=True, **common))
     residual = VideoWorldModel.from_pretrained(tmp_path / "residual")
     start = VideoWorldModel.from_pretrained(tmp_path / "straight")
     assert residual.config.prediction_type == "context_residual" and residual.config.residual_std > 0
+    assert residual.config.zero_terminal_snr and not start.config.zero_terminal_snr
     assert residual.config.latent_scale == start.config.latent_scale
     # Resumed, such a run keeps what it started from, not a config rebuilt from the data and the defaults.
     run_train(TrainConfig(out=str(tmp_path / "residual"), max_steps=3, init_from=str(tmp_path / "straight"),
@@ -400,6 +412,21 @@ def test_training_with_whitened_text_stores_the_texts_and_reloads_the_same_condi
     context = torch.zeros(1, model.config.latent_channels, 1, model.config.latent_size, model.config.latent_size)
     chunks = [model.generate_chunk(context, [t], generator=torch.Generator().manual_seed(0)) for t in texts[1:3]]
     assert not torch.equal(*chunks)  # the conditioning reaches the samples
+
+
+def test_zero_terminal_snr_leaves_no_trace_of_the_target_at_the_last_step_and_still_samples(tiny_model):
+    config = replace(tiny_model.config, prediction_type="context_residual", zero_terminal_snr=True)
+    model = VideoWorldModel(config, copy.deepcopy(tiny_model.unet), tiny_model.text_encoder)
+    context, target = _window(model, batch=1)
+    noise = torch.randn(target.shape)
+    last = torch.tensor([model.config.num_train_timesteps - 1])
+    assert torch.equal(model.train_scheduler.add_noise(target, noise, last), noise)
+    plain = tiny_model.train_scheduler.add_noise(target, noise, last)
+    assert not torch.equal(plain, noise)  # the linear schedule's leak this option removes
+    chunk = model.generate_chunk(context, ["go left for 3 steps"], generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(chunk).all()
+    with pytest.raises(CheckpointError, match="zero_terminal_snr"):
+        VideoWorldModel(replace(config, prediction_type="epsilon"), tiny_model.unet, tiny_model.text_encoder)
 
 
 def test_training_loss_at_given_timesteps_uses_them(tiny_model):

@@ -58,6 +58,12 @@ class WorldModelConfig:
     # on actions; otherwise the text reaches the UNet only through the cross-attention layers.
     text_in_time_embedding: bool = False
     num_train_timesteps: int = 1000
+    # Rescale the DDPM betas so the last timestep holds no signal at all (Lin et al. 2024,
+    # diffusers' `rescale_betas_zero_snr`). The linear schedule keeps sqrt(alpha_bar) = 0.006
+    # of the target at t = 999: summed over a whole 8-frame chunk that is enough to see which
+    # way the view scrolls, so a model trained with it never needs the subgoal text, and at
+    # sampling time the text is what has to decide it (README, Models).
+    zero_terminal_snr: bool = False
     sample_steps: int = 20
     # "dpmsolver++" (multistep, `solver_order`) or "ddim"; both measured in checkpoints/README.md.
     sampler: str = "dpmsolver++"
@@ -192,6 +198,9 @@ class VideoWorldModel:
         self.unet.set_attn_processor(SingleKeyAttnProcessor())
         if config.prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        if config.zero_terminal_snr and config.prediction_type == "epsilon":
+            raise CheckpointError("zero_terminal_snr needs prediction_type v_prediction or context_residual: "
+                                  "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
         if config.sampler not in SAMPLERS:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
@@ -202,7 +211,8 @@ class VideoWorldModel:
         # The residual denoiser's output is turned into an x0 estimate before the sampler sees it.
         scheduler_prediction = "sample" if config.prediction_type == "context_residual" else config.prediction_type
         self.train_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
-                                             prediction_type=scheduler_prediction)
+                                             prediction_type=scheduler_prediction,
+                                             rescale_betas_zero_snr=config.zero_terminal_snr)
         # DDIM's default "leading" spacing would start sampling at t = 950, not at pure noise.
         schedule = {"solver_order": config.solver_order} if config.sampler == "dpmsolver++" else {
             "timestep_spacing": "trailing"}

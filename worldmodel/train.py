@@ -52,6 +52,10 @@ class TrainConfig:
     context_noise: float = field(default=0.0, metadata={
         "help": "max std (latent units) of Gaussian noise added to the context, level uniform per sample, so the "
                 "model learns to correct its own errors in long open-loop rollouts; 0 = off"})
+    high_noise_portion: float = field(default=0.0, metadata={
+        "help": "top fraction of the noise schedule sampled --high-noise-weight times as often as the rest; "
+                "only there does x_t hide where the chunk goes, so only there must the model read the text"})
+    high_noise_weight: float = field(default=1.0, metadata={"help": "see --high-noise-portion; 1 = uniform"})
     val_episodes: int = field(default=4, metadata={"help": "episodes held out for validation loss"})
     save_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between log rows"})
@@ -66,6 +70,9 @@ class TrainConfig:
     text_in_time_embedding: bool = field(default=False, metadata={
         "help": "also add the text embedding to the noise-level embedding every ResNet block receives; with "
                 "--init-from, adds it to the checkpoint's UNet through a zero-initialised projection"})
+    zero_terminal_snr: bool = field(default=False, metadata={
+        "help": "noise schedule whose last step holds no signal (WorldModelConfig.zero_terminal_snr); with "
+                "--init-from, switches the checkpoint's schedule over"})
     context_frames: int = field(default=4, metadata={"help": "context window f_p max"})
     block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
     attention_head_dim: int = field(default=4, metadata={"help": "UNet attention heads"})
@@ -84,6 +91,9 @@ class TrainConfig:
                              f"got {self.prediction_type!r}")
         if self.context_noise < 0:
             raise ValueError(f"--context-noise must be >= 0, got {self.context_noise}")
+        if not (0 <= self.high_noise_portion < 1) or self.high_noise_weight <= 0:
+            raise ValueError("--high-noise-portion must be in [0, 1) and --high-noise-weight > 0, got "
+                             f"{self.high_noise_portion} and {self.high_noise_weight}")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
 
@@ -96,6 +106,15 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     if cfg.decay_steps == 0:
         return warmup
     return warmup * min(1.0, max(0.0, (cfg.max_steps - step) / cfg.decay_steps))
+
+
+def timestep_weights(cfg: TrainConfig, num_timesteps: int) -> torch.Tensor:
+    """Sampling weight of each training timestep: the top ``high_noise_portion`` of the
+    schedule weighs ``high_noise_weight``, the rest 1 (as diffusers' SDXL example's "later"
+    timestep bias)."""
+    weights = torch.ones(num_timesteps)
+    weights[num_timesteps - int(round(cfg.high_noise_portion * num_timesteps)):] = cfg.high_noise_weight
+    return weights
 
 
 def _split(num_episodes: int, val_episodes: int) -> tuple[list[int], list[int]]:
@@ -206,7 +225,8 @@ def run_train(cfg: TrainConfig) -> dict:
                                         residual_std=residual_std_of(train_set, chunk_frames,
                                                                      start.config.latent_scale),
                                         text_whitening=whitening_texts or start.config.text_whitening,
-                                        text_in_time_embedding=text_in_time),
+                                        text_in_time_embedding=text_in_time,
+                                        zero_terminal_snr=cfg.zero_terminal_snr or start.config.zero_terminal_snr),
                                 unet.train(), start.text_encoder)
     else:
         shift, scale = latent_stats_of(train_set)
@@ -216,7 +236,7 @@ def run_train(cfg: TrainConfig) -> dict:
             attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
             latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
             residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
-            text_in_time_embedding=cfg.text_in_time_embedding))
+            text_in_time_embedding=cfg.text_in_time_embedding, zero_terminal_snr=cfg.zero_terminal_snr))
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -240,6 +260,7 @@ def run_train(cfg: TrainConfig) -> dict:
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False)
     log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "lr", "seconds"], cfg.resume, step)
     noise_rng = torch.Generator()
+    weights = timestep_weights(cfg, model.config.num_train_timesteps)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.task}", disable=not cfg.progress)
     started, running = time.time(), []
     unet.train()
@@ -254,7 +275,8 @@ def run_train(cfg: TrainConfig) -> dict:
             context, context_len, target = _batch_to_latents(model, batch)
             context_len, texts = _condition_dropout(cfg, context_len, list(batch["text"]), noise_rng)
             context = corrupt_context(cfg, context, noise_rng)
-            loss = model.training_loss(context, context_len, target, model.embed(texts), noise_rng)
+            timesteps = torch.multinomial(weights, len(texts), replacement=True, generator=noise_rng)
+            loss = model.training_loss(context, context_len, target, model.embed(texts), noise_rng, timesteps)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; resume from the last checkpoint "
                                          f"with a lower --lr (`bash {out / 'resume.sh'}`)")
