@@ -42,6 +42,9 @@ class CollectConfig:
     image_size: int = field(default=64, metadata={"help": "frame height and width in pixels"})
     num_cubes: int | None = field(default=None, metadata={"help": "return_cubes: cubes in the scene"})
     num_legs: int | None = field(default=None, metadata={"help": "retrace: legs of the outbound path"})
+    branches: bool = field(default=False, metadata={
+        "help": "also record, from each episode's start, the expert doing the other first subgoals the task "
+                "allows (retrace: the first leg in each other clear direction), as extra episodes"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -70,9 +73,10 @@ def run_collect(cfg: CollectConfig) -> int:
     (out / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.seed)
     summary = collect(cfg.task, out, cfg.episodes, cfg.seed, cfg.backend, cfg.env_options(),
-                      progress=cfg.progress)
-    distances = np.array([e["distance"] for e in summary["episodes"]])
+                      progress=cfg.progress, branches=cfg.branches)
+    distances = np.array([e["distance"] for e in summary["episodes"] if not e["branch"]])
     print(json.dumps({"task": cfg.task, "backend": cfg.backend, "episodes": len(distances),
+                      "branch_episodes": len(summary["episodes"]) - len(distances),
                       "distance_mean": float(distances.mean()), "distance_max": float(distances.max()),
                       "out": str(out)}))
     return 0

@@ -21,13 +21,15 @@ def padded_length(task_module, subgoal, frames: int) -> int:
     return max(task_module.frames_for(subgoal), math.ceil(frames / CHUNK_FRAMES) * CHUNK_FRAMES)
 
 
-def rollout_expert(env, expert, seed: int) -> dict:
+def rollout_expert(env, expert, seed: int, subgoals=None) -> dict:
+    """The expert's episode from ``env.reset(seed)``: the seed's own subgoals, or ``subgoals``."""
     obs, _ = env.reset(seed=seed)
     task_module = tasks.get(env.task_name)
     state_keys = [k for k in obs if k != "rgb"]
     frames, actions, subgoal_index = [obs["rgb"]], [], []
     states = {k: [obs[k]] for k in state_keys}
-    subgoals = env.subgoals()
+    goal = env.goal_text() if subgoals is None else ", then ".join(s.text for s in subgoals)
+    subgoals = env.subgoals() if subgoals is None else subgoals
     for i, subgoal in enumerate(subgoals):
         env.start_subgoal(subgoal)
         steps = 0
@@ -49,13 +51,25 @@ def rollout_expert(env, expert, seed: int) -> dict:
         "subgoal_index": np.asarray(subgoal_index, dtype=np.int16),
         "observations": {k: np.stack(v) for k, v in states.items()},
         "subgoals": [s.to_dict() for s in subgoals],
-        "goal": env.goal_text(),
+        "goal": goal,
         "metric": env.metric(),
     }
 
 
+def branch_rollouts(env, seed: int) -> list[dict]:
+    """The expert's counterfactual episodes from ``env.reset(seed)`` (the task's
+    ``branch_subgoals``): same start, another first subgoal."""
+    env.reset(seed=seed)
+    alternatives = tasks.get(env.task_name).branch_subgoals(env.subgoals(), env.player_pos(), env.walkable)
+    return [rollout_expert(env, envs.expert_for(env), seed, subgoals) for subgoals in alternatives]
+
+
 def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str = "embedded",
-            env_options: dict | None = None, progress: bool = True) -> dict:
+            env_options: dict | None = None, progress: bool = True, branches: bool = False) -> dict:
+    """``episodes`` expert episodes, seeds ``seed``.., each followed by its counterfactual
+    branches if ``branches`` (index lines of those carry ``branch_of``)."""
+    if branches and not hasattr(tasks.get(task), "branch_subgoals"):
+        raise ValueError(f"--branches: task {task!r} defines no counterfactual subgoals (branch_subgoals)")
     out = Path(out)
     env = envs.make(task, backend, **(env_options or {}))
     expert = envs.expert_for(env)
@@ -65,17 +79,23 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
     try:
         for e in tqdm(range(episodes), desc=f"collect {task}", unit="episode", disable=not progress):
             episode_seed = seed + e
-            record = rollout_expert(env, expert, episode_seed)
-            write_episode(out, e, record["frames"], record["actions"], record["subgoal_index"],
-                          record["observations"])
-            length = len(record["actions"])
-            total_frames += length + 1
-            metric = record["metric"]
-            index_lines.append(json.dumps({
-                "episode_index": e, "seed": episode_seed, "length": length, "goal": record["goal"],
-                "subgoals": record["subgoals"], "metric": metric}))
-            summary["episodes"].append(
-                {"seed": episode_seed, "frames": length + 1, "distance": metric["distance"]})
+            main_index = len(index_lines)
+            records = [rollout_expert(env, expert, episode_seed)]
+            records += branch_rollouts(env, episode_seed) if branches else []
+            for record in records:
+                index = len(index_lines)
+                write_episode(out, index, record["frames"], record["actions"], record["subgoal_index"],
+                              record["observations"])
+                length = len(record["actions"])
+                total_frames += length + 1
+                metric = record["metric"]
+                line = {"episode_index": index, "seed": episode_seed, "length": length, "goal": record["goal"],
+                        "subgoals": record["subgoals"], "metric": metric}
+                if index != main_index:
+                    line["branch_of"] = main_index
+                index_lines.append(json.dumps(line))
+                summary["episodes"].append({"seed": episode_seed, "frames": length + 1,
+                                            "distance": metric["distance"], "branch": index != main_index})
     finally:
         env.close()
     info = {
@@ -91,7 +111,8 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
         "observation_keys": sorted(k for k in env.observation_space.spaces),
         "env_config": dataclasses.asdict(env.config),
         "seed": seed,
-        "total_episodes": episodes,
+        "total_episodes": len(index_lines),
+        "branches": branches,
         "total_frames": total_frames,
     }
     (out / "meta").mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,22 @@ def canonical_subgoals(legs: list[Leg]) -> list[Subgoal]:
     return out
 
 
+def branch_subgoals(subgoals: list[Subgoal], start: np.ndarray, walkable) -> list[list[Subgoal]]:
+    """Counterfactual first legs for `slowfast collect --branches`: from the same start, the
+    first leg's length in each other direction whose straight tiles are all walkable. Only
+    the text then tells these chunks from the real one, which is what teaches a world model
+    to read it (checkpoints/README.md, "Session 13")."""
+    first = subgoals[0]
+    out = []
+    for direction in DIRECTIONS:
+        if direction == first.params["direction"]:
+            continue
+        leg = Leg(direction, first.params["steps"])
+        if all(walkable(*tile) for tile in path_of(start, [leg])[1:]):
+            out.append([Subgoal(leg.text(), "walk", {"direction": direction, "steps": leg.steps})])
+    return out
+
+
 def subgoal_templates() -> list[Subgoal]:
     out = [Subgoal(Leg(d, n).text(), "walk", {"direction": d, "steps": n})
            for d in DIRECTIONS for n in range(LEG_MIN, LEG_MAX + 1)]

@@ -62,3 +62,30 @@ def test_missing_or_corrupt_dataset_is_a_clear_error(cubes_dataset, tmp_path):
     (broken / "data" / "episode_000000.npz").write_bytes(b"not a zip file")
     with pytest.raises(DatasetError, match="cannot read episode"):
         load_dataset(broken).load_episode(0)
+
+
+def test_branches_record_the_other_first_legs_from_the_same_start(tmp_path):
+    from envs.collect import collect
+    from tasks.retrace import DIRECTIONS
+
+    summary = collect("retrace", tmp_path, episodes=2, seed=0, progress=False, branches=True)
+    data = load_dataset(tmp_path)
+    assert data.info["branches"] and data.info["total_episodes"] == len(data) == len(summary["episodes"])
+    mains = [i for i, e in enumerate(data.episodes) if "branch_of" not in e]
+    assert [data.episodes[i]["seed"] for i in mains] == [0, 1]
+    branches = [e for e in data.episodes if "branch_of" in e]
+    assert branches and [e["branch"] for e in summary["episodes"]] == ["branch_of" in e for e in data.episodes]
+    for entry in branches:
+        main = data.episodes[entry["branch_of"]]
+        assert entry["seed"] == main["seed"] and entry["length"] == CHUNK_FRAMES
+        (leg,) = entry["subgoals"]
+        first = main["subgoals"][0]
+        assert leg["params"]["steps"] == first["params"]["steps"]
+        assert leg["params"]["direction"] != first["params"]["direction"]
+        branch = data.load_episode(entry["episode_index"])
+        assert np.array_equal(branch["frames"][0], data.load_episode(entry["branch_of"])["frames"][0])
+        moved = branch["obs_pos"][-1] - branch["obs_pos"][0]  # walked straight the whole leg
+        assert np.array_equal(moved, np.array(DIRECTIONS[leg["params"]["direction"]]) * leg["params"]["steps"])
+    assert len(ChunkDataset(tmp_path)) == sum(e["length"] // CHUNK_FRAMES for e in data.episodes)
+    with pytest.raises(ValueError, match="--branches"):
+        collect("return_cubes", tmp_path / "cubes", episodes=1, seed=0, progress=False, branches=True)
