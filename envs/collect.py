@@ -60,7 +60,7 @@ def branch_rollouts(env, seed: int) -> list[dict]:
     """The expert's counterfactual episodes from ``env.reset(seed)`` (the task's
     ``branch_subgoals``): same start, another first subgoal."""
     env.reset(seed=seed)
-    alternatives = tasks.get(env.task_name).branch_subgoals(env.subgoals(), env.player_pos(), env.walkable)
+    alternatives = env.branch_subgoals()
     return [rollout_expert(env, envs.expert_for(env), seed, subgoals) for subgoals in alternatives]
 
 
@@ -68,10 +68,11 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
             env_options: dict | None = None, progress: bool = True, branches: bool = False) -> dict:
     """``episodes`` expert episodes, seeds ``seed``.., each followed by its counterfactual
     branches if ``branches`` (index lines of those carry ``branch_of``)."""
-    if branches and not hasattr(tasks.get(task), "branch_subgoals"):
-        raise ValueError(f"--branches: task {task!r} defines no counterfactual subgoals (branch_subgoals)")
     out = Path(out)
     env = envs.make(task, backend, **(env_options or {}))
+    if branches and not hasattr(env, "branch_subgoals"):
+        env.close()
+        raise ValueError(f"--branches: task {task!r} defines no counterfactual subgoals (branch_subgoals)")
     expert = envs.expert_for(env)
     summary = {"task": task, "backend": backend, "episodes": []}
     index_lines = []

@@ -25,6 +25,12 @@ class RetraceHooks:
     def subgoals(self) -> list[Subgoal]:
         return task.canonical_subgoals(self.legs)
 
+    def branch_subgoals(self) -> list[list[Subgoal]]:
+        """Other first legs from this start (`slowfast collect --branches`); needs ``walkable``."""
+        if not hasattr(self, "walkable"):
+            raise NotImplementedError(f"{type(self).__name__} cannot tell walkable tiles, so it records no branches")
+        return task.branch_subgoals(self.subgoals(), self.start, self.walkable)
+
     def start_subgoal(self, subgoal: Subgoal) -> None:
         if subgoal.kind == "retrace" and self._return_from is None:
             self._return_from = len(self.positions) - 1

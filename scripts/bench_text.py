@@ -8,12 +8,17 @@ the true chunk better with its own text, most of all at high noise where x_t say
 text, per timestep. ~0 means the text is ignored (session 12: the shipped models). The last
 output line is one JSON object.
 
+For tasks whose env offers counterfactual subgoals (`branch_subgoals`, retrace) it also measures
+whether sampling follows the text: from each episode's start, one chunk is imagined for
+the first subgoal and for each of its branches (same noise), and `branch_following` is the
+fraction of those that are nearer (pixel MSE) to the expert's chunk for their own text
+than to the expert's chunks for the other texts; `branch_chance` is what ignoring the
+text scores on average (1 / number of alternatives).
+
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1]
 
-With many context frames the motion so far often tells where the chunk goes (a retrace
-subgoal keeps one direction for several chunks), so the text matters most where the
-context is one frame, as in a plan's first chunk: `--context-frames 1` measures that case.
+`--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 
 import envs
-from envs.collect import rollout_expert
+from envs.collect import branch_rollouts, rollout_expert
 from worldmodel.generate import default_checkpoint
 from worldmodel.model import VideoWorldModel
 
@@ -67,13 +72,29 @@ def main() -> None:
                             torch.Generator().manual_seed(seed * 1000 + start), timesteps=torch.tensor([t])))
                 true_loss[t].append(losses[text])
                 other_loss[t].append(np.mean([v for k, v in losses.items() if k != text]))
+    following, chance = [], []
+    if hasattr(env, "branch_subgoals"):
+        for seed in seeds:
+            records = [rollout_expert(env, expert, seed)] + branch_rollouts(env, seed)
+            truths = np.stack([r["frames"][1:1 + cfg.chunk_frames] for r in records]).astype(np.float32)
+            first = model.latent.encode(records[0]["frames"][None, :1])
+            for i, record in enumerate(records):
+                latents = model.generate_chunk(first, [record["subgoals"][0]["text"]],
+                                               generator=torch.Generator().manual_seed(seed))
+                imagined = model.latent.decode(latents)[0].astype(np.float32)
+                errors = ((truths - imagined[None]) ** 2).mean(axis=(1, 2, 3, 4))
+                following.append(float(np.argmin(errors) == i))
+                chance.append(1 / len(records))
     env.close()
     mean_true = [float(np.mean(true_loss[t])) for t in timesteps]
     mean_other = [float(np.mean(other_loss[t])) for t in timesteps]
     print(json.dumps({"task": args.task, "timesteps": timesteps, "loss_true_text": [round(v, 4) for v in mean_true],
                       "loss_other_texts": [round(v, 4) for v in mean_other],
                       "relative_gain": [round((o - a) / a, 4) for a, o in zip(mean_true, mean_other)],
-                      "chunks": len(true_loss[timesteps[0]]), "context_frames": context_frames, "seeds": seeds}))
+                      "chunks": len(true_loss[timesteps[0]]), "context_frames": context_frames,
+                      "branch_following": round(float(np.mean(following)), 4) if following else None,
+                      "branch_chance": round(float(np.mean(chance)), 4) if chance else None,
+                      "branch_chunks": len(following), "seeds": seeds}))
 
 
 if __name__ == "__main__":
