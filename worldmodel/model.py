@@ -61,8 +61,9 @@ class WorldModelConfig:
     # Rescale the DDPM betas so the last timestep holds no signal at all (Lin et al. 2024,
     # diffusers' `rescale_betas_zero_snr`). The linear schedule keeps sqrt(alpha_bar) = 0.006
     # of the target at t = 999: summed over a whole 8-frame chunk that is enough to see which
-    # way the view scrolls, so a model trained with it never needs the subgoal text, and at
-    # sampling time the text is what has to decide it (README, Models).
+    # way the view scrolls, so training can do without the subgoal text there, while sampling
+    # starts from pure noise (on its own it did not make the retrace model read the text:
+    # checkpoints/README.md, "Session 13").
     zero_terminal_snr: bool = False
     sample_steps: int = 20
     # "dpmsolver++" (multistep, `solver_order`) or "ddim"; both measured in checkpoints/README.md.
