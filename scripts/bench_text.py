@@ -54,8 +54,9 @@ def main() -> None:
     true_loss = {t: [] for t in timesteps}
     other_loss = {t: [] for t in timesteps}
     seeds = list(range(args.seed, args.seed + args.episodes))
+    records_of = {}
     for seed in seeds:
-        record = rollout_expert(env, expert, seed)
+        record = records_of[seed] = rollout_expert(env, expert, seed)
         frames, subgoal_index = record["frames"], record["subgoal_index"]
         texts = sorted({s["text"] for s in record["subgoals"]})
         for start in range(0, len(subgoal_index) - cfg.chunk_frames + 1, cfg.chunk_frames):
@@ -75,7 +76,7 @@ def main() -> None:
     following, chance = [], []
     if hasattr(env, "branch_subgoals"):
         for seed in seeds:
-            records = [rollout_expert(env, expert, seed)] + branch_rollouts(env, seed)
+            records = [records_of[seed]] + branch_rollouts(env, seed)
             truths = np.stack([r["frames"][1:1 + cfg.chunk_frames] for r in records]).astype(np.float32)
             first = model.latent.encode(records[0]["frames"][None, :1])
             for i, record in enumerate(records):
