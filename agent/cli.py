@@ -44,7 +44,8 @@ class CollectConfig:
     num_legs: int | None = field(default=None, metadata={"help": "retrace: legs of the outbound path"})
     branches: bool = field(default=False, metadata={
         "help": "also record, from each episode's start, the expert doing the other first subgoals the task "
-                "allows (retrace: the first leg in each other clear direction), as extra episodes"})
+                "allows (retrace: the first leg in each other clear direction; return_cubes: the first cube to "
+                "each other place), as extra episodes"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:

@@ -70,9 +70,6 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
     branches if ``branches`` (index lines of those carry ``branch_of``)."""
     out = Path(out)
     env = envs.make(task, backend, **(env_options or {}))
-    if branches and not hasattr(env, "branch_subgoals"):
-        env.close()
-        raise ValueError(f"--branches: task {task!r} defines no counterfactual subgoals (branch_subgoals)")
     expert = envs.expert_for(env)
     summary = {"task": task, "backend": backend, "episodes": []}
     index_lines = []

@@ -34,6 +34,12 @@ class CubesHooks:
         """What a decomposer may know of the episode: which cubes exist."""
         return {"colours": self.colours}
 
+    def branch_subgoals(self) -> list:
+        """Other places for the first cube from this start (`slowfast collect --branches`)."""
+        if not hasattr(self, "subgoals"):
+            raise NotImplementedError(f"{type(self).__name__} has no scripted subgoals, so it records no branches")
+        return task.branch_subgoals(self.subgoals())
+
     def start_subgoal(self, subgoal) -> None:
         """The cube metric does not depend on phases."""
 

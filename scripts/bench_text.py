@@ -16,7 +16,7 @@ than to the expert's chunks for the other texts; `branch_chance` is what ignorin
 text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
-       [--timesteps 300,600,900,999] [--context-frames 1]
+       [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--timesteps", default="300,600,900,999")
     parser.add_argument("--context-frames", type=int, default=None,
                         help="context frames given to the model (default: its full window)")
+    parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
+    parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
@@ -81,7 +83,8 @@ def main() -> None:
             first = model.latent.encode(records[0]["frames"][None, :1])
             for i, record in enumerate(records):
                 latents = model.generate_chunk(first, [record["subgoals"][0]["text"]],
-                                               generator=torch.Generator().manual_seed(seed))
+                                               generator=torch.Generator().manual_seed(seed),
+                                               image_guidance=args.image_guidance, text_guidance=args.text_guidance)
                 imagined = model.latent.decode(latents)[0].astype(np.float32)
                 errors = ((truths - imagined[None]) ** 2).mean(axis=(1, 2, 3, 4))
                 following.append(float(np.argmin(errors) == i))
@@ -95,7 +98,9 @@ def main() -> None:
                       "chunks": len(true_loss[timesteps[0]]), "context_frames": context_frames,
                       "branch_following": round(float(np.mean(following)), 4) if following else None,
                       "branch_chance": round(float(np.mean(chance)), 4) if chance else None,
-                      "branch_chunks": len(following), "seeds": seeds}))
+                      "branch_chunks": len(following), "seeds": seeds,
+                      "guidance": [cfg.image_guidance if args.image_guidance is None else args.image_guidance,
+                                   cfg.text_guidance if args.text_guidance is None else args.text_guidance]}))
 
 
 if __name__ == "__main__":

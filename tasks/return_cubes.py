@@ -100,6 +100,16 @@ def subgoal_templates(colours: tuple[str, ...]) -> list[Subgoal]:
     return out
 
 
+def branch_subgoals(subgoals: list[Subgoal]) -> list[list[Subgoal]]:
+    """Counterfactual first moves for `slowfast collect --branches`: the same cube to each
+    other place. The arm's path to the cube is the same; where it carries it is told only by
+    the text (the retrace counterpart: `tasks.retrace.branch_subgoals`)."""
+    first = subgoals[0]
+    cube = first.params["cube"]
+    return [[Subgoal(MOVE_TEMPLATE.format(colour=cube, place=place), "move", {"cube": cube, "place": place})]
+            for place in PLACES if place != first.params["place"]]
+
+
 def frames_for(subgoal: Subgoal) -> int:
     return FRAMES_PER_SUBGOAL
 

@@ -87,5 +87,20 @@ def test_branches_record_the_other_first_legs_from_the_same_start(tmp_path):
         moved = branch["obs_pos"][-1] - branch["obs_pos"][0]  # walked straight the whole leg
         assert np.array_equal(moved, np.array(DIRECTIONS[leg["params"]["direction"]]) * leg["params"]["steps"])
     assert len(ChunkDataset(tmp_path)) == sum(e["length"] // CHUNK_FRAMES for e in data.episodes)
-    with pytest.raises(ValueError, match="--branches"):
-        collect("return_cubes", tmp_path / "cubes", episodes=1, seed=0, progress=False, branches=True)
+
+
+def test_cube_branches_carry_the_first_cube_to_each_other_place(tmp_path):
+    from envs.collect import collect
+    from tasks.return_cubes import PLACES
+
+    collect("return_cubes", tmp_path, episodes=1, seed=3, progress=False, branches=True)
+    data = load_dataset(tmp_path)
+    main, *branches = data.episodes
+    first = main["subgoals"][0]["params"]
+    assert len(branches) == len(PLACES) - 1
+    assert {b["subgoals"][0]["params"]["place"] for b in branches} == set(PLACES) - {first["place"]}
+    for entry in branches:
+        assert entry["branch_of"] == 0 and entry["subgoals"][0]["params"]["cube"] == first["cube"]
+        branch = data.load_episode(entry["episode_index"])
+        assert np.array_equal(branch["frames"][0], data.load_episode(0)["frames"][0])
+        assert entry["metric"]["max_displacement"][first["cube"]] > 0.1  # the cube was carried away

@@ -445,3 +445,25 @@ def test_training_loss_at_given_timesteps_uses_them(tiny_model):
             tiny_model.predict(context, length, noisy, torch.tensor([10]), text),
             tiny_model.regression_target(target, noise, torch.tensor([10]), anchor=context[:, :, -1:]))
     assert loss(10) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_branch_portion_sets_the_share_of_counterfactual_chunks_drawn(tmp_path, cubes_dataset):
+    from envs.collect import collect
+    from envs.dataset import ChunkDataset
+    from worldmodel.train import chunk_weights
+    collect("retrace", tmp_path / "data", episodes=1, seed=0, progress=False, branches=True)
+    chunks = ChunkDataset(tmp_path / "data")
+    branch = torch.tensor([chunks.data.episodes[e].get("branch_of") is not None for e, _ in chunks.index])
+    assert chunk_weights(TrainConfig(data=str(tmp_path / "data")), chunks) is None
+    weights = chunk_weights(TrainConfig(data=str(tmp_path / "data"), branch_portion=0.8), chunks)
+    assert (weights[branch].sum() / weights.sum()).item() == pytest.approx(0.8)
+    draws = torch.multinomial(weights, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert branch[draws].float().mean().item() == pytest.approx(0.8, abs=0.01)
+    with pytest.raises(ValueError, match="slowfast collect --branches"):
+        chunk_weights(TrainConfig(branch_portion=0.5), ChunkDataset(cubes_dataset[0]))
+    with pytest.raises(ValueError, match="--branch-portion"):
+        TrainConfig(branch_portion=1.0)
+    run_train(TrainConfig(task="retrace", data=str(tmp_path / "data"), out=str(tmp_path / "run"), max_steps=2,
+                          batch_size=2, val_episodes=1, progress=False, branch_portion=0.5,
+                          block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8))
+    assert VideoWorldModel.from_pretrained(tmp_path / "run").config.task == "retrace"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from agent.config import open_run_log, to_yaml
@@ -56,6 +56,10 @@ class TrainConfig:
         "help": "top fraction of the noise schedule sampled --high-noise-weight times as often as the rest; "
                 "only there does x_t hide where the chunk goes, so only there must the model read the text"})
     high_noise_weight: float = field(default=1.0, metadata={"help": "see --high-noise-portion; 1 = uniform"})
+    branch_portion: float = field(default=0.0, metadata={
+        "help": "expected share of each batch drawn from counterfactual branch chunks (`slowfast collect "
+                "--branches`): the same start walked another way, told apart only by the text; 0 = every chunk "
+                "equally likely"})
     val_episodes: int = field(default=4, metadata={"help": "episodes held out for validation loss"})
     save_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between log rows"})
@@ -94,6 +98,8 @@ class TrainConfig:
         if not (0 <= self.high_noise_portion < 1) or self.high_noise_weight <= 0:
             raise ValueError("--high-noise-portion must be in [0, 1) and --high-noise-weight > 0, got "
                              f"{self.high_noise_portion} and {self.high_noise_weight}")
+        if not (0 <= self.branch_portion < 1):
+            raise ValueError(f"--branch-portion must be in [0, 1), got {self.branch_portion}")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
 
@@ -139,6 +145,21 @@ def residual_std_of(dataset: ChunkDataset, chunk_frames: int, scale: float) -> f
         for start in range(0, len(x) - chunk_frames - 1, chunk_frames + 1):
             residuals.append((x[start + 1:start + 1 + chunk_frames] - x[start:start + 1]).ravel())
     return float(scale * np.concatenate(residuals).std())
+
+
+def chunk_weights(cfg: TrainConfig, dataset: ChunkDataset) -> torch.Tensor | None:
+    """Per-chunk sampling weights that give branch chunks ``branch_portion`` of the draws,
+    or None for uniform draws. Mixed in at their natural share (728 branch episodes among
+    300 main ones: 29 % of chunks) they did not teach the retrace model the direction in
+    1800 steps, while training on them alone did in 150 (checkpoints/README.md)."""
+    if cfg.branch_portion == 0:
+        return None
+    branch = torch.tensor([dataset.data.episodes[e].get("branch_of") is not None for e, _ in dataset.index])
+    if branch.all() or not branch.any():
+        raise ValueError(f"--branch-portion needs both main and branch episodes in --data {cfg.data}; collect "
+                         "branches with `slowfast collect --branches`")
+    branch_weight = cfg.branch_portion * (~branch).sum() / ((1 - cfg.branch_portion) * branch.sum())
+    return torch.where(branch, branch_weight.double(), torch.ones((), dtype=torch.double))
 
 
 def _batch_to_latents(model: VideoWorldModel, batch: dict) -> tuple:
@@ -261,13 +282,18 @@ def run_train(cfg: TrainConfig) -> dict:
     log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "lr", "seconds"], cfg.resume, step)
     noise_rng = torch.Generator()
     weights = timestep_weights(cfg, model.config.num_train_timesteps)
+    draw_weights = chunk_weights(cfg, train_set)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.task}", disable=not cfg.progress)
     started, running = time.time(), []
     unet.train()
     while step < cfg.max_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         order = torch.Generator().manual_seed(cfg.seed + epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=order, drop_last=True)
+        if draw_weights is None:
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=order, drop_last=True)
+        else:
+            sampler = WeightedRandomSampler(draw_weights, len(train_set), replacement=True, generator=order)
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         loader = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in loader:
             # Seeded per step, so a resumed run draws the same noise as an unbroken one.
