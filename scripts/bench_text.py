@@ -8,9 +8,11 @@ the true chunk better with its own text, most of all at high noise where x_t say
 text, per timestep. ~0 means the text is ignored (session 12: the shipped models). The last
 output line is one JSON object.
 
-For tasks whose env offers counterfactual subgoals (`branch_subgoals`, retrace) it also measures
-whether sampling follows the text: from each episode's start, one chunk is imagined for
-the first subgoal and for each of its branches (same noise), and `branch_following` is the
+It also measures whether sampling follows the text, with the env's counterfactual subgoals
+(`branch_subgoals`): from each episode's start the expert does the first subgoal and each of
+its branches; at the first chunk where their frames part (retrace: the first; return_cubes:
+where the carried cube starts to head elsewhere), given the frames before it, which all
+share, one chunk is imagined for each text (same noise), and `branch_following` is the
 fraction of those that are nearer (pixel MSE) to the expert's chunk for their own text
 than to the expert's chunks for the other texts; `branch_chance` is what ignoring the
 text scores on average (1 / number of alternatives).
@@ -33,6 +35,16 @@ import envs
 from envs.collect import branch_rollouts, rollout_expert
 from worldmodel.generate import default_checkpoint
 from worldmodel.model import VideoWorldModel
+
+
+def first_divergent_chunk(records: list[dict], chunk_frames: int) -> int:
+    """Start of the first chunk in which the branches' expert frames differ: up to there they
+    share every frame (a cube is reached and grasped the same way wherever it then goes), so
+    the context is common and only the text can tell which of them comes next."""
+    length = min(len(r["frames"]) for r in records)
+    frames = np.stack([r["frames"][:length] for r in records])
+    differs = np.flatnonzero((frames != frames[:1]).any(axis=(0, 2, 3, 4)))
+    return int((differs[0] - 1) // chunk_frames * chunk_frames) if len(differs) else 0
 
 
 def main() -> None:
@@ -75,20 +87,21 @@ def main() -> None:
                             torch.Generator().manual_seed(seed * 1000 + start), timesteps=torch.tensor([t])))
                 true_loss[t].append(losses[text])
                 other_loss[t].append(np.mean([v for k, v in losses.items() if k != text]))
-    following, chance = [], []
-    if hasattr(env, "branch_subgoals"):
-        for seed in seeds:
-            records = [records_of[seed]] + branch_rollouts(env, seed)
-            truths = np.stack([r["frames"][1:1 + cfg.chunk_frames] for r in records]).astype(np.float32)
-            first = model.latent.encode(records[0]["frames"][None, :1])
-            for i, record in enumerate(records):
-                latents = model.generate_chunk(first, [record["subgoals"][0]["text"]],
-                                               generator=torch.Generator().manual_seed(seed),
-                                               image_guidance=args.image_guidance, text_guidance=args.text_guidance)
-                imagined = model.latent.decode(latents)[0].astype(np.float32)
-                errors = ((truths - imagined[None]) ** 2).mean(axis=(1, 2, 3, 4))
-                following.append(float(np.argmin(errors) == i))
-                chance.append(1 / len(records))
+    following, chance, starts = [], [], []
+    for seed in seeds:
+        records = [records_of[seed]] + branch_rollouts(env, seed)
+        start = first_divergent_chunk(records, cfg.chunk_frames)
+        starts.append(start)
+        truths = np.stack([r["frames"][start + 1:start + 1 + cfg.chunk_frames] for r in records]).astype(np.float32)
+        context = model.latent.encode(records[0]["frames"][None, max(0, start + 1 - context_frames):start + 1])
+        for i, record in enumerate(records):
+            latents = model.generate_chunk(context, [record["subgoals"][0]["text"]],
+                                           generator=torch.Generator().manual_seed(seed),
+                                           image_guidance=args.image_guidance, text_guidance=args.text_guidance)
+            imagined = model.latent.decode(latents)[0].astype(np.float32)
+            errors = ((truths - imagined[None]) ** 2).mean(axis=(1, 2, 3, 4))
+            following.append(float(np.argmin(errors) == i))
+            chance.append(1 / len(records))
     env.close()
     mean_true = [float(np.mean(true_loss[t])) for t in timesteps]
     mean_other = [float(np.mean(other_loss[t])) for t in timesteps]
@@ -98,7 +111,7 @@ def main() -> None:
                       "chunks": len(true_loss[timesteps[0]]), "context_frames": context_frames,
                       "branch_following": round(float(np.mean(following)), 4) if following else None,
                       "branch_chance": round(float(np.mean(chance)), 4) if chance else None,
-                      "branch_chunks": len(following), "seeds": seeds,
+                      "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
                       "guidance": [cfg.image_guidance if args.image_guidance is None else args.image_guidance,
                                    cfg.text_guidance if args.text_guidance is None else args.text_guidance]}))
 
