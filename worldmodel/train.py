@@ -149,9 +149,10 @@ def residual_std_of(dataset: ChunkDataset, chunk_frames: int, scale: float) -> f
 
 def chunk_weights(cfg: TrainConfig, dataset: ChunkDataset) -> torch.Tensor | None:
     """Per-chunk sampling weights that give branch chunks ``branch_portion`` of the draws,
-    or None for uniform draws. Mixed in at their natural share (728 branch episodes among
-    300 main ones: 29 % of chunks) they did not teach the retrace model the direction in
-    1800 steps, while training on them alone did in 150 (checkpoints/README.md)."""
+    or None for uniform draws. At their natural share (728 branch episodes among 300 main
+    ones: 29 % of chunks) and uniform noise levels they did not teach the retrace model the
+    direction in 1800 steps; at 80 % and t >= 700 they did in 900 (checkpoints/README.md,
+    "Session 14")."""
     if cfg.branch_portion == 0:
         return None
     branch = torch.tensor([dataset.data.episodes[e].get("branch_of") is not None for e, _ in dataset.index])
