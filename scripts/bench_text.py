@@ -109,8 +109,8 @@ def main() -> None:
                       "loss_other_texts": [round(v, 4) for v in mean_other],
                       "relative_gain": [round((o - a) / a, 4) for a, o in zip(mean_true, mean_other)],
                       "chunks": len(true_loss[timesteps[0]]), "context_frames": context_frames,
-                      "branch_following": round(float(np.mean(following)), 4) if following else None,
-                      "branch_chance": round(float(np.mean(chance)), 4) if chance else None,
+                      "branch_following": round(float(np.mean(following)), 4),
+                      "branch_chance": round(float(np.mean(chance)), 4),
                       "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
                       "guidance": [cfg.image_guidance if args.image_guidance is None else args.image_guidance,
                                    cfg.text_guidance if args.text_guidance is None else args.text_guidance]}))

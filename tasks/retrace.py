@@ -92,8 +92,9 @@ def canonical_subgoals(legs: list[Leg]) -> list[Subgoal]:
 def branch_subgoals(subgoals: list[Subgoal], start: np.ndarray, walkable) -> list[list[Subgoal]]:
     """Counterfactual first legs for `slowfast collect --branches`: from the same start, the
     first leg's length in each other direction whose straight tiles are all walkable. Only
-    the text then tells these chunks from the real one; trained on such chunks alone, a world
-    model learned to read the direction (checkpoints/README.md, "Session 13")."""
+    the text then tells these chunks from the real one; drawn often and trained at high noise
+    (`slowfast train --branch-portion`), they taught the world model to read the direction
+    (checkpoints/README.md, "Session 14")."""
     first = subgoals[0]
     out = []
     for direction in DIRECTIONS:
