@@ -8,6 +8,9 @@ Reference rows: ``expert`` (scripted, privileged), ``idm-replay`` (the expert's
 frames through the IDM, open loop) and ``no-op`` (holds still for the same frame budget:
 the distance an agent scores without doing anything, which the distance alone does not
 penalise, hence the task's first-phase column: cubes moved aside / path walked out).
+With ``--expert-first-phase`` the scripted expert does the first phase of every variant (and
+of ``no-op``, which then holds still for the return) and only the return is planned, so the
+variants' rows compare what their memories kept (``agent/planner.py``).
 
 Each finished episode is a file under ``OUT/episodes/``, so a rerun with the same
 arguments skips it. Outputs: ``results.json``, ``table.md``, ``distances.png`` and
@@ -29,7 +32,7 @@ import tasks
 from agent.config import ConfigError, to_yaml
 from agent.plan import PlanConfig, plan_episode
 from agent.planner import MEMORY_SOURCES
-from envs.collect import rollout_expert
+from envs.collect import padded_length, rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
 from worldmodel.generate import DEFAULT_CHECKPOINTS
@@ -67,6 +70,8 @@ class EvaluateConfig:
                 "(default: each world model's own, else 0)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
+    expert_first_phase: bool = field(default=False, metadata={
+        "help": "the scripted expert does every variant's first phase and no-op's; only the return is planned"})
     references: bool = field(default=True, metadata={"help": "also run the expert and idm-replay rows"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -98,14 +103,21 @@ def _checkpoints(cfg: EvaluateConfig) -> dict[str, Path]:
     return paths
 
 
-def _hold_still(env, seed: int) -> dict:
-    """Every subgoal's frame budget (the planner's) spent holding still."""
+def _hold_still(env, seed: int, expert_first_phase: bool) -> dict:
+    """Every subgoal's frame budget (the planner's) spent holding still; with
+    ``expert_first_phase``, only the return's, after the expert did the first phase."""
     expert = envs.expert_for(env)
     env.reset(seed=seed)
     task = tasks.get(env.task_name)
+    holding = not expert_first_phase
     for subgoal in env.subgoals():
         env.start_subgoal(subgoal)
-        for _ in range(task.frames_for(subgoal)):
+        holding = holding or subgoal.kind in task.RETURN_KINDS
+        steps = 0
+        for action in [] if holding else expert.actions(subgoal):
+            env.step(action)
+            steps += 1
+        for _ in range(padded_length(task, subgoal, steps) - steps):
             env.step(expert.hold())
     return env.metric()
 
@@ -113,7 +125,7 @@ def _hold_still(env, seed: int) -> dict:
 def _reference_episode(kind: str, cfg: EvaluateConfig, seed: int, idm: InverseDynamicsModel) -> dict:
     env = envs.make(cfg.task, cfg.backend)
     if kind == "no-op":
-        metric = _hold_still(env, seed)
+        metric = _hold_still(env, seed, cfg.expert_first_phase)
     else:
         record = rollout_expert(env, envs.expert_for(env), seed)
         metric = record["metric"] if kind == "expert" else replay(env, idm, record, seed)[0]
@@ -198,7 +210,8 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
                                           out=str(done.parent), memory_steps=cfg.memory_steps, memory_lr=cfg.memory_lr,
                                           memory_crop=cfg.memory_crop,
-                                          memory_source=cfg.memory_source, videos=i == 0, progress=False)
+                                          memory_source=cfg.memory_source, expert_first_phase=cfg.expert_first_phase,
+                                          videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)
             per_row[row].append(json.loads(done.read_text()))
             bar.update(1)

@@ -1,7 +1,7 @@
 """``plan``: decompose a goal, imagine and execute it, and write what happened.
 
 Outputs in ``OUT``: ``episode.json`` (task, backend, seed, memory, subgoals, distance,
-success, seconds, chunks, and timings), ``imagined.mp4``, ``executed.mp4``,
+success, seconds, imagined chunks, and timings), ``imagined.mp4``, ``executed.mp4``,
 ``side_by_side.gif`` (imagined | executed) and ``config.yaml``.
 """
 
@@ -54,6 +54,9 @@ class PlanConfig:
         "help": "Temp-LoRA variant: local | original | global (default: the world model's own, else local)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
+    expert_first_phase: bool = field(default=False, metadata={
+        "help": "the scripted expert does the first phase (walk out / move the cubes aside) and the memory learns "
+                "its frames; only the return is planned, so the score measures the memory alone"})
     videos: bool = field(default=True, metadata={"help": "write mp4/gif videos"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -104,7 +107,8 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     planner = Planner(world_model, idm, cfg.memory, memory_config, cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
     started = time.time()
-    metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar)
+    expert = envs.expert_for(env) if cfg.expert_first_phase else None
+    metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar, expert=expert)
     seconds = time.time() - started
     fps = env.metadata["render_fps"]
     env.close()
@@ -114,7 +118,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
         "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
         "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,
-        "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source,
+        "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source, "expert_first_phase": cfg.expert_first_phase,
         "memory_config": memory_config.to_dict() if cfg.memory == "temp-lora" else None,
     }
     out = Path(cfg.out)

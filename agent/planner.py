@@ -14,6 +14,12 @@ Temp-LoRA's source: ``imagined`` (Alg. 1a, the default) trains it on each genera
 chunk right after sampling; ``observed`` trains it on the frames the simulator returned
 for that chunk, i.e. on ground-truth chunks, which is what the slow-fast loop's inner
 loop (Alg. 1b) trained the finetuned base to use.
+
+Given the env's scripted ``expert``, the expert acts out the task's first phase (every
+subgoal before the first of the task's ``RETURN_KINDS``: walking the path out, moving the
+cubes aside) and the memory learns its observed chunks; the world model plans only the
+return. The score then measures what each memory kept of the first phase, whether or not
+the planner could have done that phase itself.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import tasks
+from envs.collect import padded_length
 from inverse_dynamics.model import InverseDynamicsModel
 from tasks.base import Subgoal
 from worldmodel.memory import MEMORY_MODES, EpisodeMemory, MemoryConfig
@@ -68,9 +76,14 @@ class Planner:
             return torch.cat([anchor, recent[:, :, -(fc - 1):]], dim=2)
         return recent
 
-    def run(self, env, subgoals: list[Subgoal], seed: int, frames_for, progress=None) -> tuple[dict, EpisodeRecord]:
-        """One episode; ``frames_for(subgoal)`` is the task's frame budget for a subgoal."""
+    def run(self, env, subgoals: list[Subgoal], seed: int, frames_for, progress=None,
+            expert=None) -> tuple[dict, EpisodeRecord]:
+        """One episode; ``frames_for(subgoal)`` is the task's frame budget for a subgoal; with
+        ``expert``, the expert does the first phase (module docstring)."""
         chunk = self.model.config.chunk_frames
+        return_kinds = tasks.get(env.task_name).RETURN_KINDS
+        scripted = 0 if expert is None else next(
+            (i for i, s in enumerate(subgoals) if s.kind in return_kinds), len(subgoals))
         obs, _ = env.reset(seed=seed)
         if self.memory is not None:
             self.memory.reset()
@@ -78,11 +91,15 @@ class Planner:
         record = EpisodeRecord(imagined=[obs["rgb"]], executed=[obs["rgb"]])
         anchor = self.model.latent.encode(obs["rgb"][None, None])
         imagined_latents = anchor
-        plan = [(s, i) for s in subgoals for i in range(max(1, frames_for(s) // chunk))]
+        plan = [(k, s, i) for k, s in enumerate(subgoals) for i in range(max(1, frames_for(s) // chunk))]
         steps = progress(plan) if progress else plan
-        for subgoal, index in steps:
+        for position, subgoal, index in steps:
             if index == 0:
                 env.start_subgoal(subgoal)
+            if position < scripted:
+                if index == 0:
+                    obs, imagined_latents = self._act_out(env, expert, subgoal, record, imagined_latents, anchor)
+                continue
             context = self._context(record.executed, imagined_latents, anchor)
             began = time.perf_counter()
             with self.memory.merged() if self.memory is not None else contextlib.nullcontext():
@@ -103,6 +120,32 @@ class Planner:
                 observed = self.model.latent.encode(np.stack(record.executed[-len(frames):])[None])
                 self._remember(record, context, observed)
         return env.metric(), record
+
+    def _act_out(self, env, expert, subgoal: Subgoal, record: EpisodeRecord, imagined_latents: torch.Tensor,
+                 anchor: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """The expert's whole subgoal, held still up to whole chunks (as collected); each
+        observed chunk stands in for an imagined one, memory included."""
+        chunk = self.model.config.chunk_frames
+        start = len(record.executed)
+        task = tasks.get(env.task_name)
+        obs = None
+        for action in expert.actions(subgoal):
+            obs, *_ = env.step(action)
+            record.executed.append(obs["rgb"])
+            record.actions.append(action)
+        for _ in range(padded_length(task, subgoal, len(record.executed) - start) - (len(record.executed) - start)):
+            action = expert.hold()
+            obs, *_ = env.step(action)
+            record.executed.append(obs["rgb"])
+            record.actions.append(action)
+        for begin in range(start, len(record.executed), chunk):
+            context = self._context(record.executed[:begin], imagined_latents, anchor)
+            observed = self.model.latent.encode(np.stack(record.executed[begin:begin + chunk])[None])
+            if self.memory is not None:
+                self._remember(record, context, observed)
+            imagined_latents = torch.cat([imagined_latents, observed], dim=2)
+        record.imagined += record.executed[start:]
+        return obs, imagined_latents
 
     def _remember(self, record: EpisodeRecord, context: torch.Tensor, chunk: torch.Tensor) -> None:
         began = time.perf_counter()

@@ -25,6 +25,8 @@ SUCCESS_RADIUS = 1.0
 
 LEG_TEMPLATE = "go {direction} for {steps} steps"
 RETRACE_TEXT = "retrace the path back to the start"
+# Subgoal kinds of the second phase, the one that needs memory of the first.
+RETURN_KINDS = ("retrace",)
 GOAL_TEMPLATE = "{legs}, then retrace your path back to where you started"
 
 

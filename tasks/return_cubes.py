@@ -44,6 +44,8 @@ FRAMES_PER_SUBGOAL = 64
 
 MOVE_TEMPLATE = "move the {colour} cube to the {place}"
 RETURN_TEMPLATE = "put the {colour} cube back where it was"
+# Subgoal kinds of the second phase, the one that needs memory of the first.
+RETURN_KINDS = ("return",)
 GOAL_TEMPLATE = "move {cubes} aside, then put each back where it started"
 
 

@@ -8,6 +8,7 @@ import envs
 from agent.cli import main
 from agent.decompose import DecompositionError, rules, validate
 from agent.planner import Planner
+from envs.collect import rollout_expert
 from inverse_dynamics.model import IDMConfig, InverseDynamicsModel, action_spec
 from tasks import retrace
 from worldmodel.model import VideoWorldModel, WorldModelConfig
@@ -82,6 +83,46 @@ def test_temp_lora_learns_from_the_chosen_frames(tiny_checkpoints, source):
     other = record.imagined if source == "observed" else record.executed
     assert not torch.allclose(learned[0].clamp(-1, 1), world_model.latent.encode(np.stack(other[1:1 + chunk])[None]),
                               atol=0.05)
+
+
+@pytest.mark.parametrize("memory", ["none", "temp-lora"])
+def test_expert_first_phase_walks_out_and_only_the_return_is_imagined(tiny_checkpoints, memory):
+    world_model = VideoWorldModel.from_pretrained(tiny_checkpoints / "retrace" / "worldmodel")
+    idm = InverseDynamicsModel.from_pretrained(tiny_checkpoints / "retrace" / "idm")
+    env = envs.make("retrace")
+    expert_episode = rollout_expert(env, envs.expert_for(env), seed=3)
+    subgoals = env.subgoals()
+    legs = len(subgoals) - 1
+    planner = Planner(world_model, idm, memory)
+    metric, record = planner.run(env, subgoals, seed=3, frames_for=retrace.frames_for, expert=envs.expert_for(env))
+    env.close()
+    chunk = world_model.config.chunk_frames
+    outbound = 1 + legs * chunk
+    assert metric["went_out"]
+    assert np.array_equal(np.stack(record.executed[:outbound]), expert_episode["frames"][:outbound])
+    assert len(record.executed) == outbound + legs * chunk
+    assert len(record.chunk_seconds) == legs  # only the return is imagined
+    assert len(record.memory_seconds) == (2 * legs if memory == "temp-lora" else 0)
+
+
+def test_plan_flag_hands_the_first_phase_to_the_expert(tiny_checkpoints, tmp_path):
+    code = main(["plan", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"), "--seed", "3",
+                 "--out", str(tmp_path), "--expert-first-phase", "--no-progress", "--no-videos"])
+    assert code == 0
+    episode = json.loads((tmp_path / "episode.json").read_text())
+    assert episode["expert_first_phase"] and episode["metric"]["went_out"]
+    assert episode["chunks"] == len(episode["subgoals"]) - 1
+
+
+def test_no_op_after_the_expert_first_phase_stays_at_the_path_end():
+    from agent.evaluate import _hold_still
+
+    env = envs.make("retrace")
+    metric = _hold_still(env, seed=10000, expert_first_phase=True)
+    points = retrace.waypoints(env.outbound_path())
+    env.close()
+    assert metric["went_out"] and not metric["success"]
+    assert metric["distance"] == pytest.approx(np.linalg.norm(points - points[-1], axis=1).mean())
 
 
 def test_decomposition_is_validated_against_templates():
