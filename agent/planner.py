@@ -111,10 +111,7 @@ class Planner:
             frames = self.model.latent.decode(new)[0]
             before = np.concatenate([record.executed[-1][None], frames[:-1]])
             for prediction in self.idm.predict(before, frames):
-                action = self.idm.to_env_action(prediction, obs)
-                obs, *_ = env.step(action)
-                record.executed.append(obs["rgb"])
-                record.actions.append(action)
+                obs = self._execute(env, self.idm.to_env_action(prediction, obs), record)
             record.imagined += list(frames)
             if self.memory is not None and self.memory_source == "observed":
                 observed = self.model.latent.encode(np.stack(record.executed[-len(frames):])[None])
@@ -130,14 +127,10 @@ class Planner:
         task = tasks.get(env.task_name)
         obs = None
         for action in expert.actions(subgoal):
-            obs, *_ = env.step(action)
-            record.executed.append(obs["rgb"])
-            record.actions.append(action)
-        for _ in range(padded_length(task, subgoal, len(record.executed) - start) - (len(record.executed) - start)):
-            action = expert.hold()
-            obs, *_ = env.step(action)
-            record.executed.append(obs["rgb"])
-            record.actions.append(action)
+            obs = self._execute(env, action, record)
+        acted = len(record.executed) - start
+        for _ in range(padded_length(task, subgoal, acted) - acted):
+            obs = self._execute(env, expert.hold(), record)
         for begin in range(start, len(record.executed), chunk):
             context = self._context(record.executed[:begin], imagined_latents, anchor)
             observed = self.model.latent.encode(np.stack(record.executed[begin:begin + chunk])[None])
@@ -146,6 +139,13 @@ class Planner:
             imagined_latents = torch.cat([imagined_latents, observed], dim=2)
         record.imagined += record.executed[start:]
         return obs, imagined_latents
+
+    @staticmethod
+    def _execute(env, action, record: EpisodeRecord) -> dict:
+        obs, *_ = env.step(action)
+        record.executed.append(obs["rgb"])
+        record.actions.append(action)
+        return obs
 
     def _remember(self, record: EpisodeRecord, context: torch.Tensor, chunk: torch.Tensor) -> None:
         began = time.perf_counter()
