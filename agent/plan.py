@@ -56,7 +56,7 @@ class PlanConfig:
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     expert_first_phase: bool = field(default=False, metadata={
         "help": "the scripted expert does the first phase (walk out / move the cubes aside) and the memory learns "
-                "its frames; only the return is planned, so the score measures the memory alone"})
+                "its frames; only the return is planned, so the score is the return's alone"})
     videos: bool = field(default=True, metadata={"help": "write mp4/gif videos"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
