@@ -10,10 +10,10 @@ the distance an agent scores without doing anything, which the distance alone do
 penalise, hence the task's first-phase column: cubes moved aside / path walked out).
 With ``--expert-first-phase`` the scripted expert does the first phase of every variant (and
 of ``no-op``, which then holds still for the return) and only the return is planned, so the
-variants' rows compare what their memories kept (``agent/planner.py``).
+variants' rows compare returns from the same first phase (``agent/planner.py``).
 
 Each finished episode is a file under ``OUT/episodes/``, so a rerun with the same
-arguments skips it. Outputs: ``results.json``, ``table.md``, ``distances.png`` and
+arguments skips it (more seeds or variants may be added; other settings are refused). Outputs: ``results.json``, ``table.md``, ``distances.png`` and
 the first episode's videos of every variant.
 """
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import envs
 import tasks
-from agent.config import ConfigError, to_yaml
+from agent.config import ConfigError, load_yaml, to_yaml
 from agent.plan import PlanConfig, plan_episode
 from agent.planner import MEMORY_SOURCES
 from envs.collect import padded_length, rollout_expert
@@ -46,6 +46,9 @@ VARIANTS = {
     "slow-fast": ("worldmodel_slowfast", "temp-lora"),
 }
 REFERENCES = ("expert", "idm-replay", "no-op")
+# Options that change what an episode file holds: a rerun into the same folder must keep them.
+EPISODE_OPTIONS = ("task", "backend", "checkpoint", "memory_steps", "memory_lr", "memory_crop", "memory_source",
+                   "expert_first_phase")
 # The first half of each task, without which a small distance means nothing: metric key -> table column.
 FIRST_PHASE = {"moved_away": "moved aside", "went_out": "went out"}
 
@@ -183,10 +186,24 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
+    """Refuse to mix episodes of different settings in one folder (they would be skipped as done)."""
+    if not (out / "config.yaml").is_file():
+        return
+    before = {f.name: f.default for f in dataclasses.fields(EvaluateConfig)} | load_yaml(EvaluateConfig,
+                                                                                     out / "config.yaml")
+    changed = [f"--{k.replace('_', '-')} {before[k]!r} -> {getattr(cfg, k)!r}" for k in EPISODE_OPTIONS
+               if before[k] != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"{out} holds episodes run with other settings ({'; '.join(changed)}); rerun with the "
+                          "folder's own settings (its config.yaml) to resume, or pick another --out")
+
+
 def run_evaluate(cfg: EvaluateConfig) -> int:
     envs.factory(cfg.task, cfg.backend)
     paths = _checkpoints(cfg)
     out = Path(cfg.out)
+    _check_resumable(cfg, out)
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     idm = InverseDynamicsModel.from_pretrained(paths["idm"])

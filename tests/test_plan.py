@@ -173,6 +173,9 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
     assert main([*args[:5], "--variants", "slow-fast", *args[7:]]) == 2
     assert "slowfast finetune" in capsys.readouterr().err
+    assert main([*args, "--expert-first-phase"]) == 2  # would mix in episodes of another setting
+    assert "--expert-first-phase False -> True" in capsys.readouterr().err
+    assert not json.loads((tmp_path / "eval" / "results.json").read_text())["config"]["expert_first_phase"]
 
 
 def test_return_cubes_table_reports_whether_cubes_were_moved_aside(tmp_path):
