@@ -13,8 +13,9 @@ of ``no-op``, which then holds still for the return) and only the return is plan
 variants' rows compare returns from the same first phase (``agent/planner.py``).
 
 Each finished episode is a file under ``OUT/episodes/``, so a rerun with the same
-arguments skips it (more seeds or variants may be added; other settings are refused). Outputs: ``results.json``, ``table.md``, ``distances.png`` and
-the first episode's videos of every variant.
+arguments skips it (more seeds or variants may be added; other settings are refused).
+Outputs: ``results.json``, ``table.md``, ``distances.png`` and the first episode's videos
+of every variant.
 """
 
 from __future__ import annotations
