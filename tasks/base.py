@@ -1,4 +1,5 @@
-"""What every task provides: goal text, canonical subgoals, and a metric.
+"""What every task provides: goal text, canonical subgoals, the subgoal kinds of its
+return phase (``RETURN_KINDS``), and a metric.
 
 A task knows nothing about simulators; backends in ``envs`` read the task spec to
 build scenes, and the agent reads it to constrain decomposition.
