@@ -33,7 +33,7 @@ import tasks
 from agent.config import ConfigError, load_yaml, to_yaml
 from agent.plan import PlanConfig, plan_episode
 from agent.planner import MEMORY_SOURCES
-from envs.collect import padded_length, rollout_expert
+from envs.collect import padded_expert_actions, rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
 from worldmodel.generate import DEFAULT_CHECKPOINTS
@@ -117,12 +117,9 @@ def _hold_still(env, seed: int, expert_first_phase: bool) -> dict:
     for subgoal in env.subgoals():
         env.start_subgoal(subgoal)
         holding = holding or subgoal.kind in task.RETURN_KINDS
-        steps = 0
-        for action in [] if holding else expert.actions(subgoal):
+        for action in ([expert.hold()] * task.frames_for(subgoal) if holding
+                       else padded_expert_actions(expert, task, subgoal)):
             env.step(action)
-            steps += 1
-        for _ in range(padded_length(task, subgoal, steps) - steps):
-            env.step(expert.hold())
     return env.metric()
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import tasks
-from envs.collect import padded_length
+from envs.collect import padded_expert_actions
 from inverse_dynamics.model import InverseDynamicsModel
 from tasks.base import Subgoal
 from worldmodel.memory import MEMORY_MODES, EpisodeMemory, MemoryConfig
@@ -124,13 +124,9 @@ class Planner:
         observed chunk stands in for an imagined one, memory included."""
         chunk = self.model.config.chunk_frames
         start = len(record.executed)
-        task = tasks.get(env.task_name)
         obs = None
-        for action in expert.actions(subgoal):
+        for action in padded_expert_actions(expert, tasks.get(env.task_name), subgoal):
             obs = self._execute(env, action, record)
-        acted = len(record.executed) - start
-        for _ in range(padded_length(task, subgoal, acted) - acted):
-            obs = self._execute(env, expert.hold(), record)
         for begin in range(start, len(record.executed), chunk):
             context = self._context(record.executed[:begin], imagined_latents, anchor)
             observed = self.model.latent.encode(np.stack(record.executed[begin:begin + chunk])[None])

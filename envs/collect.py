@@ -21,6 +21,17 @@ def padded_length(task_module, subgoal, frames: int) -> int:
     return max(task_module.frames_for(subgoal), math.ceil(frames / CHUNK_FRAMES) * CHUNK_FRAMES)
 
 
+def padded_expert_actions(expert, task_module, subgoal):
+    """The expert's actions for ``subgoal``, then holding still up to ``padded_length``; the
+    caller steps the env between them (the expert reads its state)."""
+    steps = 0
+    for action in expert.actions(subgoal):
+        yield action
+        steps += 1
+    for _ in range(padded_length(task_module, subgoal, steps) - steps):
+        yield expert.hold()
+
+
 def rollout_expert(env, expert, seed: int, subgoals=None) -> dict:
     """The expert's episode from ``env.reset(seed)``: the seed's own subgoals, or ``subgoals``."""
     obs, _ = env.reset(seed=seed)
@@ -32,15 +43,7 @@ def rollout_expert(env, expert, seed: int, subgoals=None) -> dict:
     subgoals = env.subgoals() if subgoals is None else subgoals
     for i, subgoal in enumerate(subgoals):
         env.start_subgoal(subgoal)
-        steps = 0
-        for action in expert.actions(subgoal):
-            obs, *_ = env.step(action)
-            frames.append(obs["rgb"]); actions.append(action); subgoal_index.append(i)
-            for k in state_keys:
-                states[k].append(obs[k])
-            steps += 1
-        for _ in range(padded_length(task_module, subgoal, steps) - steps):
-            action = expert.hold()
+        for action in padded_expert_actions(expert, task_module, subgoal):
             obs, *_ = env.step(action)
             frames.append(obs["rgb"]); actions.append(action); subgoal_index.append(i)
             for k in state_keys:
