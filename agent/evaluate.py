@@ -48,8 +48,8 @@ VARIANTS = {
 }
 REFERENCES = ("expert", "idm-replay", "no-op")
 # Options that change what an episode file holds: a rerun into the same folder must keep them.
-EPISODE_OPTIONS = ("task", "backend", "checkpoint", "memory_steps", "memory_lr", "memory_crop", "memory_source",
-                   "expert_first_phase")
+EPISODE_OPTIONS = ("task", "backend", "checkpoint", "memory_steps", "memory_lr", "memory_crop", "memory_variant",
+                   "memory_reverse", "memory_source", "expert_first_phase")
 # The first half of each task, without which a small distance means nothing: metric key -> table column.
 FIRST_PHASE = {"moved_away": "moved aside", "went_out": "went out"}
 
@@ -72,6 +72,11 @@ class EvaluateConfig:
     memory_crop: int | None = field(default=None, metadata={
         "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
                 "(default: each world model's own, else 0)"})
+    memory_variant: str | None = field(default=None, metadata={
+        "help": "Temp-LoRA variant: local | original | global (default: each world model's own, else local)"})
+    memory_reverse: bool | None = field(default=None, metadata={
+        "help": "Temp-LoRA also trains on each window played backwards: true | false "
+                "(default: each world model's own, else false)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     expert_first_phase: bool = field(default=False, metadata={
@@ -225,6 +230,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
                                           out=str(done.parent), memory_steps=cfg.memory_steps, memory_lr=cfg.memory_lr,
                                           memory_crop=cfg.memory_crop,
+                                          memory_variant=cfg.memory_variant, memory_reverse=cfg.memory_reverse,
                                           memory_source=cfg.memory_source, expert_first_phase=cfg.expert_first_phase,
                                           videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)

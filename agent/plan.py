@@ -50,6 +50,9 @@ class PlanConfig:
     memory_crop: int | None = field(default=None, metadata={
         "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
                 "(default: the world model's own, else 0)"})
+    memory_reverse: bool | None = field(default=None, metadata={
+        "help": "Temp-LoRA also trains on each window played backwards: true | false "
+                "(default: the world model's own, else false)"})
     memory_variant: str | None = field(default=None, metadata={
         "help": "Temp-LoRA variant: local | original | global (default: the world model's own, else local)"})
     memory_source: str = field(default="imagined", metadata={
@@ -103,7 +106,8 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     goal = cfg.goal or env.goal_text()
     subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
     memory_config = MemoryConfig.for_model(world_model, steps=cfg.memory_steps, lr=cfg.memory_lr, crop=cfg.memory_crop,
-                                           variant=cfg.memory_variant, seed=cfg.seed)
+                                           variant=cfg.memory_variant, reverse=cfg.memory_reverse,
+                                           seed=cfg.seed)
     planner = Planner(world_model, idm, cfg.memory, memory_config, cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
     started = time.time()

@@ -168,6 +168,26 @@ def test_a_cropped_step_trains_on_one_square_of_every_frame():
             EpisodeMemory(_model(), MemoryConfig(rank=4, crop=bad))
 
 
+def test_a_reversed_memory_trains_on_the_window_and_the_window_played_backwards():
+    model = _model()
+    previous, new = _latents(model, 4, 0), _latents(model, 8, 1)
+    forward = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2, crop=8))
+    window, _ = forward.training_window(previous, new)
+    square = forward.batch(window)
+    backward = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2, crop=8, reverse=True))
+    pair = backward.batch(window)
+    assert pair.shape == (2, *square.shape[1:])
+    assert torch.equal(pair[0], square[0])  # the same square as without reverse
+    assert torch.equal(pair[1], square[0].flip(1))  # its frames in the opposite order
+    learned = []
+    for reverse in (False, True):
+        model = _model()
+        memory = EpisodeMemory(model, MemoryConfig(rank=4, steps=1, lr=1e-2, crop=8, reverse=reverse))
+        memory.update(previous, new)
+        learned.append(_hash(memory.params))
+    assert learned[0] != learned[1]
+
+
 def test_a_decoder_memory_adapts_and_backpropagates_only_through_the_decoder():
     reached = {}
     for targets in ("temporal", "temporal-decoder"):

@@ -45,17 +45,19 @@ def test_plan_runs_a_whole_retrace_episode(tiny_checkpoints, tmp_path, memory, c
     assert summary["distance"] == episode["distance"]
 
 
-@pytest.mark.parametrize("flags, steps", [([], 3), (["--memory-steps", "1"], 1)])
-def test_plan_uses_the_memory_the_world_model_was_finetuned_with(tiny_checkpoints, tmp_path, flags, steps):
+@pytest.mark.parametrize("flags, steps, reverse", [([], 3, True),
+                                                   (["--memory-steps", "1", "--memory-reverse", "false"], 1, False)])
+def test_plan_uses_the_memory_the_world_model_was_finetuned_with(tiny_checkpoints, tmp_path, flags, steps, reverse):
     tuned = VideoWorldModel.from_pretrained(tiny_checkpoints / "retrace" / "worldmodel")
-    tuned.config.temp_lora = {"steps": 3, "lr": 2e-3, "rank": 8, "alpha": 8.0}
+    tuned.config.temp_lora = {"steps": 3, "lr": 2e-3, "rank": 8, "alpha": 8.0, "reverse": True}
     tuned.save_pretrained(tmp_path / "tuned")
     code = main(["plan", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"),
                  "--worldmodel", str(tmp_path / "tuned"), "--seed", "3", "--out", str(tmp_path / "plan"),
                  "--no-progress", "--no-videos", *flags])
     assert code == 0
     used = json.loads((tmp_path / "plan" / "episode.json").read_text())["memory_config"]
-    assert (used["steps"], used["lr"], used["rank"], used["variant"]) == (steps, 2e-3, 8, "local")
+    assert (used["steps"], used["lr"], used["rank"], used["variant"], used["reverse"]) == (steps, 2e-3, 8, "local",
+                                                                                        reverse)
 
 
 @pytest.mark.parametrize("source", ["imagined", "observed"])

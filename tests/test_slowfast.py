@@ -65,7 +65,7 @@ def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dat
     root, _ = cubes_dataset
     common = dict(task="return_cubes", from_checkpoint=str(tiny_base), data=str(root), out=str(tmp_path / "ft"),
                   val_episodes=1, noise_samples=1, memory_rank=4, save_every=1, progress=False, epochs=2,
-                  max_chunks=3, memory_steps=2, memory_lr=3e-3)
+                  max_chunks=3, memory_steps=2, memory_lr=3e-3, memory_variant="original", memory_reverse=True)
     assert run_finetune(FinetuneConfig(**common, max_episodes=1)) == 0  # 2 episodes (1 x 2 epochs)
     with open(tmp_path / "ft" / "log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -73,8 +73,9 @@ def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dat
     assert float(rows[-1]["val_loss_memory"]) > 0 and float(rows[-1]["val_loss_no_memory"]) > 0
     tuned = VideoWorldModel.from_pretrained(tmp_path / "ft")
     assert not any("lora" in k for k in tuned.unet.state_dict())
-    # the base carries the memory it learned to read: rank 4 (alpha = rank), 2 steps at lr 3e-3
-    assert MemoryConfig.for_model(tuned) == MemoryConfig(rank=4, alpha=4.0, steps=2, lr=3e-3)
+    # the base carries the memory it learned to read: rank 4 (alpha = rank), 2 steps at lr 3e-3, ...
+    assert MemoryConfig.for_model(tuned) == MemoryConfig(rank=4, alpha=4.0, steps=2, lr=3e-3, variant="original",
+                                                         reverse=True)
     with pytest.raises(ValueError, match="--resume"):
         run_finetune(FinetuneConfig(**common, max_episodes=1))
     import json

@@ -63,6 +63,11 @@ class FinetuneConfig:
     memory_crop: int | None = field(default=None, metadata={
         "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
                 "(default: --from's, else 0)"})
+    memory_variant: str | None = field(default=None, metadata={
+        "help": "Temp-LoRA variant: local | original | global (default: --from's, else local)"})
+    memory_reverse: bool | None = field(default=None, metadata={
+        "help": "Temp-LoRA also trains on each window played backwards: true | false "
+                "(default: --from's, else false)"})
     memory_targets: str | None = field(default=None, metadata={
         "help": "Temp-LoRA target modules: temporal, spatial+temporal or temporal-decoder (default: --from's, "
                 "else temporal)"})
@@ -162,7 +167,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
 
     memory = EpisodeMemory(model, MemoryConfig.for_model(
         model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None, lr=cfg.memory_lr,
-        steps=cfg.memory_steps, crop=cfg.memory_crop, targets=cfg.memory_targets, seed=cfg.seed))
+        steps=cfg.memory_steps, crop=cfg.memory_crop, targets=cfg.memory_targets, variant=cfg.memory_variant,
+        reverse=cfg.memory_reverse, seed=cfg.seed))
     model.config.temp_lora = memory.config.to_dict()  # the finetuned base is read with this memory
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)
