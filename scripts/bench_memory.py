@@ -9,7 +9,8 @@ Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
        [--memory-steps K] [--memory-lr LR] [--memory-crop N]
-       [--targets temporal|spatial+temporal|temporal-decoder] [--modes none,temp-lora]
+       [--targets temporal|spatial+temporal|temporal-decoder] [--variant local|original|global]
+       [--modes none,temp-lora]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 """
 
@@ -25,7 +26,7 @@ import envs
 from envs.collect import rollout_expert
 from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import TARGETS, EpisodeMemory, MemoryConfig
+from worldmodel.memory import TARGETS, VARIANTS, EpisodeMemory, MemoryConfig
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import psnr
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--memory-lr", type=float, default=None, help="Temp-LoRA Adam learning rate " + own)
     parser.add_argument("--memory-crop", type=int, default=None, help="Temp-LoRA training crop (latent side) " + own)
     parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help="Temp-LoRA target set " + own)
+    parser.add_argument("--variant", default=None, choices=VARIANTS, help="Temp-LoRA variant " + own)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
@@ -57,7 +59,8 @@ def main() -> None:
     memory_settings = None
     seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     seeds = list(range(args.seed, args.seed + args.episodes))
-    overrides = dict(steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, targets=args.targets)
+    overrides = dict(steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, targets=args.targets,
+                     variant=args.variant)
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
