@@ -1,7 +1,8 @@
 """One dataclass per job, filled from defaults, then a YAML file, then the command line.
 
-Every field ``foo_bar`` becomes ``--foo-bar``; ``--config FILE.yaml`` supplies values
-for any fields (unknown keys are an error, so typos are not silently ignored).
+Every field ``foo_bar`` becomes ``--foo-bar``, listed under its metadata's ``group`` if it has one;
+``--config FILE.yaml`` supplies values for any fields (unknown keys are an error, so typos are not
+silently ignored).
 Validation lives in each dataclass's ``__post_init__`` and raises ``ValueError``.
 """
 
@@ -61,17 +62,20 @@ def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file with values for any of the options below")
     hints = typing.get_type_hints(cls)
+    groups = {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        group = f.metadata.get("group")
+        target = groups.setdefault(group, parser.add_argument_group(f"{group} options")) if group else parser
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            target.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
             continue
         inner, _ = _unwrap_optional(tp)
         choices = typing.get_args(inner) if typing.get_origin(inner) is typing.Literal else None
-        parser.add_argument(flag, dest=f.name, type=_converter(tp), default=argparse.SUPPRESS,
+        target.add_argument(flag, dest=f.name, type=_converter(tp), default=argparse.SUPPRESS,
                             metavar=f.name.upper() if not choices else "{" + ",".join(choices) + "}",
                             help=f"{f.metadata.get('help', '')} (default: {default})")
     return parser

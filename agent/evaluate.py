@@ -37,6 +37,7 @@ from envs.collect import padded_expert_actions, rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
 from worldmodel.generate import DEFAULT_CHECKPOINTS
+from worldmodel.memory import MemoryOverrides
 from worldmodel.model import VideoWorldModel
 
 # variant -> (world model folder under the task's checkpoints, memory mode)
@@ -48,14 +49,14 @@ VARIANTS = {
 }
 REFERENCES = ("expert", "idm-replay", "no-op")
 # Options that change what an episode file holds: a rerun into the same folder must keep them.
-EPISODE_OPTIONS = ("task", "backend", "checkpoint", "memory_steps", "memory_lr", "memory_crop", "memory_variant",
-                   "memory_reverse", "memory_source", "expert_first_phase")
+EPISODE_OPTIONS = ("task", "backend", "checkpoint", *(f.name for f in dataclasses.fields(MemoryOverrides)),
+                   "memory_source", "expert_first_phase")
 # The first half of each task, without which a small distance means nothing: metric key -> table column.
 FIRST_PHASE = {"moved_away": "moved aside", "went_out": "went out"}
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(MemoryOverrides):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     variants: str = field(default="no-memory,anchor-frame,temp-lora,slow-fast",
@@ -65,18 +66,6 @@ class EvaluateConfig:
     checkpoint: str | None = field(default=None, metadata={"help": "task checkpoint folder "
                                                            "(default: checkpoints/TASK)"})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
-    memory_steps: int | None = field(default=None, metadata={
-        "help": "Temp-LoRA Adam steps per chunk (default: each world model's own, else 1)"})
-    memory_lr: float | None = field(default=None, metadata={
-        "help": "Temp-LoRA learning rate (default: each world model's own, else 1e-4)"})
-    memory_crop: int | None = field(default=None, metadata={
-        "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
-                "(default: each world model's own, else 0)"})
-    memory_variant: str | None = field(default=None, metadata={
-        "help": "Temp-LoRA variant: local | original | global (default: each world model's own, else local)"})
-    memory_reverse: bool | None = field(default=None, metadata={
-        "help": "Temp-LoRA also trains on each window played backwards: true | false "
-                "(default: each world model's own, else false)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     expert_first_phase: bool = field(default=False, metadata={
@@ -85,6 +74,7 @@ class EvaluateConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = [v for v in self.variant_list() if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -228,9 +218,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     if models is None:  # a fresh model per variant: Temp-LoRA adds adapters in place
                         models = VideoWorldModel.from_pretrained(paths[VARIANTS[row][0]])
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
-                                          out=str(done.parent), memory_steps=cfg.memory_steps, memory_lr=cfg.memory_lr,
-                                          memory_crop=cfg.memory_crop,
-                                          memory_variant=cfg.memory_variant, memory_reverse=cfg.memory_reverse,
+                                          out=str(done.parent), **cfg.memory_options(),
                                           memory_source=cfg.memory_source, expert_first_phase=cfg.expert_first_phase,
                                           videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)

@@ -22,13 +22,13 @@ from agent.decompose import rules
 from agent.planner import MEMORY_SOURCES, Planner
 from inverse_dynamics.model import InverseDynamicsModel
 from worldmodel.generate import DEFAULT_CHECKPOINTS
-from worldmodel.memory import MEMORY_MODES, MemoryConfig
+from worldmodel.memory import MEMORY_MODES, MemoryOverrides
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import write_video
 
 
 @dataclass
-class PlanConfig:
+class PlanConfig(MemoryOverrides):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
@@ -43,18 +43,6 @@ class PlanConfig:
     llm_model: str | None = field(default=None, metadata={"help": "model name for --llm openai "
                                                           "(default: $SLOWFAST_LLM_MODEL)"})
     closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
-    memory_steps: int | None = field(default=None, metadata={
-        "help": "Temp-LoRA Adam steps per chunk (default: the world model's own, else 1)"})
-    memory_lr: float | None = field(default=None, metadata={
-        "help": "Temp-LoRA learning rate (default: the world model's own, else 1e-4)"})
-    memory_crop: int | None = field(default=None, metadata={
-        "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
-                "(default: the world model's own, else 0)"})
-    memory_reverse: bool | None = field(default=None, metadata={
-        "help": "Temp-LoRA also trains on each window played backwards: true | false "
-                "(default: the world model's own, else false)"})
-    memory_variant: str | None = field(default=None, metadata={
-        "help": "Temp-LoRA variant: local | original | global (default: the world model's own, else local)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})
     expert_first_phase: bool = field(default=False, metadata={
@@ -64,6 +52,7 @@ class PlanConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
         if self.memory_source not in MEMORY_SOURCES:
@@ -105,9 +94,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     env.reset(seed=cfg.seed)
     goal = cfg.goal or env.goal_text()
     subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
-    memory_config = MemoryConfig.for_model(world_model, steps=cfg.memory_steps, lr=cfg.memory_lr, crop=cfg.memory_crop,
-                                           variant=cfg.memory_variant, reverse=cfg.memory_reverse,
-                                           seed=cfg.seed)
+    memory_config = cfg.memory_config(world_model, seed=cfg.seed)
     planner = Planner(world_model, idm, cfg.memory, memory_config, cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
     started = time.time()

@@ -21,6 +21,9 @@ def run(*args):
     (["plan", "--memory", "lstm"], "--memory must be"),
     (["plan", "--memory-source", "dreamed"], "--memory-source must be imagined or observed"),
     (["evaluate", "--memory-source", "dreamed"], "--memory-source must be imagined or observed"),
+    (["plan", "--memory-variant", "lstm"], "--memory-variant must be one of local, original, global"),
+    (["evaluate", "--memory-steps", "-1"], "--memory-steps must be >= 0"),
+    (["finetune", "--memory-variant", "lstm"], "--memory-variant must be one of local, original, global"),
     (["fly"], "unknown command 'fly'"),
     (["train", "--data", "/nonexistent"], "slowfast collect"),
     (["train-idm", "--data", "/nonexistent"], "slowfast collect"),
@@ -41,6 +44,10 @@ def test_every_command_has_help():
     for command in ("collect", "envs", "plan", "train", "train-idm", "finetune", "generate", "evaluate"):
         result = run(command, "--help")
         assert result.returncode == 0 and "--seed" in result.stdout and "--out" in result.stdout
+    for command in ("plan", "evaluate", "finetune"):  # one shared set of memory options, grouped
+        memory_help = run(command, "--help").stdout.split("Temp-LoRA memory options:")[1]
+        for option in ("--memory-steps", "--memory-lr", "--memory-crop", "--memory-variant", "--memory-reverse"):
+            assert option in memory_help
 
 
 def test_collect_from_yaml_config_with_cli_override(tmp_path, capsys):

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -105,6 +105,44 @@ class MemoryConfig:
     def to_dict(self) -> dict:
         """The settings a world model's config stores (the per-episode seed is not one of them)."""
         return {k: v for k, v in asdict(self).items() if k != "seed"}
+
+
+_OWN = "default: the world model's own, else"
+
+
+@dataclass
+class MemoryOverrides:
+    """The Temp-LoRA settings a job (plan, evaluate, finetune) may override on the command line;
+    None keeps the world model's own (see ``MemoryConfig.for_model``)."""
+    memory_steps: int | None = field(default=None, metadata={
+        "group": "Temp-LoRA memory", "help": f"Adam steps per chunk ({_OWN} 1)"})
+    memory_lr: float | None = field(default=None, metadata={
+        "group": "Temp-LoRA memory", "help": f"learning rate ({_OWN} 1e-4)"})
+    memory_crop: int | None = field(default=None, metadata={
+        "group": "Temp-LoRA memory",
+        "help": f"side of the random latent square each step trains on, 0 = whole frames ({_OWN} 0)"})
+    memory_variant: str | None = field(default=None, metadata={
+        "group": "Temp-LoRA memory", "help": f"{' | '.join(VARIANTS)} ({_OWN} local)"})
+    memory_reverse: bool | None = field(default=None, metadata={
+        "group": "Temp-LoRA memory",
+        "help": f"also train on each window played backwards: true | false ({_OWN} false)"})
+
+    def __post_init__(self) -> None:
+        if self.memory_variant is not None and self.memory_variant not in VARIANTS:
+            raise EpisodeMemoryError(f"--memory-variant must be one of {', '.join(VARIANTS)}, "
+                                     f"got {self.memory_variant!r}")
+        for name in ("memory_steps", "memory_crop"):
+            if (getattr(self, name) or 0) < 0:
+                raise EpisodeMemoryError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    def memory_options(self) -> dict:
+        """These fields by name, to hand on to another job's config."""
+        return {f.name: getattr(self, f.name) for f in fields(MemoryOverrides)}
+
+    def memory_config(self, model: VideoWorldModel, **more) -> MemoryConfig:
+        """``model``'s Temp-LoRA settings with these overrides (and ``more``) applied."""
+        overrides = {name.removeprefix("memory_"): value for name, value in self.memory_options().items()}
+        return MemoryConfig.for_model(model, **overrides, **more)
 
 
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:

@@ -36,13 +36,13 @@ from tqdm import tqdm
 
 from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
-from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
+from worldmodel.memory import EpisodeMemory, MemoryOverrides, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
 from worldmodel.train import averaged
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(MemoryOverrides):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     from_checkpoint: str = field(default="checkpoints/return_cubes/worldmodel",
                                  metadata={"flag": "--from", "help": "slow-learned world model to start from"})
@@ -56,23 +56,11 @@ class FinetuneConfig:
     ema_decay: float = field(default=0.995, metadata={
         "help": "EMA decay of the base weights that are validated and saved (0: the raw weights)"})
     noise_samples: int = field(default=4, metadata={"help": "noise draws per (snapshot, pair) batch"})
-    memory_steps: int | None = field(default=None, metadata={
-        "help": "Temp-LoRA steps per chunk in the inner loop (default: --from's, else 1)"})
-    memory_lr: float | None = field(default=None, metadata={
-        "help": "Temp-LoRA learning rate (default: --from's, else 1e-4)"})
-    memory_crop: int | None = field(default=None, metadata={
-        "help": "side of the random latent square each Temp-LoRA step trains on, 0 = whole frames "
-                "(default: --from's, else 0)"})
-    memory_variant: str | None = field(default=None, metadata={
-        "help": "Temp-LoRA variant: local | original | global (default: --from's, else local)"})
-    memory_reverse: bool | None = field(default=None, metadata={
-        "help": "Temp-LoRA also trains on each window played backwards: true | false "
-                "(default: --from's, else false)"})
     memory_targets: str | None = field(default=None, metadata={
-        "help": "Temp-LoRA target modules: temporal, spatial+temporal or temporal-decoder (default: --from's, "
-                "else temporal)"})
+        "group": "Temp-LoRA memory",
+        "help": "target modules: temporal, spatial+temporal or temporal-decoder (default: --from's, else temporal)"})
     memory_rank: int | None = field(default=None, metadata={
-        "help": "Temp-LoRA rank, alpha = rank (default: --from's, else 32)"})
+        "group": "Temp-LoRA memory", "help": "rank, alpha = rank (default: --from's, else 32)"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
     save_every: int = field(default=5, metadata={"help": "episodes between checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
@@ -81,6 +69,7 @@ class FinetuneConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("epochs", "noise_samples", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -165,10 +154,9 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         train_eps = train_eps[:cfg.max_episodes]
     val_chunks = [episode_chunks(dataset, e, model, cfg.max_chunks) for e in range(len(data) - n_val, len(data))]
 
-    memory = EpisodeMemory(model, MemoryConfig.for_model(
-        model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None, lr=cfg.memory_lr,
-        steps=cfg.memory_steps, crop=cfg.memory_crop, targets=cfg.memory_targets, variant=cfg.memory_variant,
-        reverse=cfg.memory_reverse, seed=cfg.seed))
+    memory = EpisodeMemory(model, cfg.memory_config(
+        model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None,
+        targets=cfg.memory_targets, seed=cfg.seed))
     model.config.temp_lora = memory.config.to_dict()  # the finetuned base is read with this memory
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)
