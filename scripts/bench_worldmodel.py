@@ -18,6 +18,15 @@ return_cubes: open / close the gripper) matches the one read off the true frames
 `moving_idm_agreement` the same over transitions whose true action is not "stay"
 (retrace), and `idm_position_error` (return_cubes) the mean distance in metres between
 the arm targets read off generated and true frames; `baseline_*` are repeat-last's.
+`by_kind` splits the scores by subgoal kind (retrace: "walk" names the move, "retrace"
+leaves it to memory).
+
+Retrace's view scrolls by whole tiles and brings in terrain no context frame shows, so it
+also reports two references that know the motion: `shift_oracle_psnr` moves the last
+context frame by the whole-tile shift that best fits each true frame and fills the
+uncovered strip with the frame's mean colour (the best a predictor of the motion can do
+without knowing the new terrain, roughly); `shift_oracle_sampled_psnr` fills the strip with
+terrain from another episode instead, as a sampler that imagines plausible terrain would.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
@@ -34,6 +43,7 @@ import torch
 
 import envs
 from envs.collect import rollout_expert
+from envs.retrace_crafter import VIEW_TILES
 from inverse_dynamics.model import InverseDynamicsModel
 from tasks import retrace
 from worldmodel.generate import default_checkpoint
@@ -60,10 +70,15 @@ def main() -> None:
     expert = envs.expert_for(env)
     rng = np.random.default_rng(args.seed)
     scores = {"psnr": [], "ssim": [], "baseline_psnr": [], "baseline_ssim": []}
+    kinds = []
     mse = {"model": [], "repeat": [], "model_on_unchanged_pixels": []}
     actions = {"model": [], "repeat": [], "truth": []}
     seconds = []
     seeds = list(range(args.seed, args.seed + args.episodes))
+    oracle = {"shift_oracle_psnr": [], "shift_oracle_sampled_psnr": []}
+    # Terrain for the sampled fill: the episode after the measured ones, so no chunk fills from its own world.
+    other_terrain = rollout_expert(env, expert, seeds[-1] + 1)["frames"] if args.task == "retrace" else None
+    fill_rng = np.random.default_rng(args.seed + 1)  # its own stream: the chunks drawn stay those of `rng`
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         frames, subgoal_index = record["frames"], record["subgoal_index"]
@@ -71,7 +86,9 @@ def main() -> None:
         for start in rng.choice(starts, size=min(args.chunks_per_episode, len(starts)), replace=False):
             context_frames = frames[max(0, start + 1 - cfg.context_frames):start + 1]
             truth = frames[start + 1:start + 1 + cfg.chunk_frames]
-            text = record["subgoals"][int(subgoal_index[start])]["text"]
+            subgoal = record["subgoals"][int(subgoal_index[start])]
+            text = subgoal["text"]
+            kinds.append(subgoal["kind"])
             context = model.latent.encode(context_frames[None])
             began = time.perf_counter()
             chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)),
@@ -83,6 +100,11 @@ def main() -> None:
             scores["ssim"].append(ssim(generated, truth))
             scores["baseline_psnr"].append(psnr(repeat, truth))
             scores["baseline_ssim"].append(ssim(repeat, truth))
+            if other_terrain is not None:
+                fill = other_terrain[fill_rng.integers(len(other_terrain))]
+                mean_fill, sampled_fill = shift_oracle(context_frames[-1], truth, fill)
+                oracle["shift_oracle_psnr"].append(psnr(mean_fill, truth))
+                oracle["shift_oracle_sampled_psnr"].append(psnr(sampled_fill, truth))
             error = generated.astype(np.float64) - truth
             unchanged = (truth == context_frames[-1]).all(axis=(0, 3))
             mse["model"].append(np.mean(error**2))
@@ -96,12 +118,52 @@ def main() -> None:
               "baseline_pooled_psnr": round(float(10 * np.log10(255**2 / np.mean(mse["repeat"]))), 3),
               "static_pixel_rmse": round(float(np.sqrt(np.nanmean(mse["model_on_unchanged_pixels"]))), 3)}
     result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()}, **pooled,
-              **idm_scores(args.task, actions),
+              **{k: round(float(np.mean(v)), 3) for k, v in oracle.items() if v},
+              **idm_scores(args.task, actions), "by_kind": by_kind(kinds, scores | oracle),
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
                            args.text_guidance if args.text_guidance is not None else cfg.text_guidance]}
     print(json.dumps(result))
+
+
+def shift_oracle(last: np.ndarray, truth: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each true frame predicted as ``last`` moved by the whole-tile shift that fits it best; what the shift
+    uncovers is the frame's mean colour (first result) or ``fill``'s pixels there (second)."""
+    size, unit = last.shape[0], last.shape[0] // VIEW_TILES
+    mean_colour = last.reshape(-1, 3).mean(axis=0)
+    flat, sampled, shift = [], [], (0, 0)
+    for frame in truth.astype(np.float64):
+        best = None
+        # The player moves at most one tile a frame, so the best shift is searched next to the previous one.
+        for dy in (shift[0] - unit, shift[0], shift[0] + unit):
+            for dx in (shift[1] - unit, shift[1], shift[1] + unit):
+                if max(abs(dy), abs(dx)) >= size:
+                    continue
+                covered = np.zeros((size, size), bool)
+                moved = np.empty((size, size, 3))
+                moved[:] = mean_colour
+                rows, cols = slice(max(0, -dy), size - max(0, dy)), slice(max(0, -dx), size - max(0, dx))
+                moved[rows, cols] = last[max(0, dy):size - max(0, -dy), max(0, dx):size - max(0, -dx)]
+                covered[rows, cols] = True
+                error = np.mean((moved - frame) ** 2)
+                if best is None or error < best[0]:
+                    best = (error, moved, covered, (dy, dx))
+        _, moved, covered, shift = best
+        flat.append(moved)
+        sampled.append(np.where(covered[..., None], moved, fill))
+    return np.stack(flat).round().astype(np.uint8), np.stack(sampled).round().astype(np.uint8)
+
+
+def by_kind(kinds: list[str], scores: dict[str, list]) -> dict:
+    """The chunk scores split by subgoal kind: a text that names the move (retrace "walk") against one that
+    leaves it to memory ("retrace"), where true context and text alone cannot tell which way the chunk goes."""
+    out = {}
+    for kind in sorted(set(kinds)):
+        picked = [i for i, k in enumerate(kinds) if k == kind]
+        out[kind] = {"chunks": len(picked), **{k: round(float(np.mean([v[i] for i in picked])), 3)
+                                               for k, v in scores.items() if v}}
+    return out
 
 
 def idm_scores(task: str, actions: dict[str, list]) -> dict:
