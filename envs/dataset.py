@@ -123,6 +123,7 @@ class ChunkDataset(Dataset):
             "target": torch.from_numpy(frames[start + 1:stop + 1].copy()),
             "actions": torch.from_numpy(episode["actions"][start:stop].astype(np.float32)),
             "text": subgoal["text"],
+            "kind": subgoal["kind"],
             "episode": e,
             "start": start,
         }

@@ -113,3 +113,29 @@ def test_finetune_saves_the_ema_of_the_base_weights(tiny_base, cubes_dataset, tm
     assert lag[0.9] > 0.05
     with pytest.raises(ValueError, match="--ema-decay"):
         FinetuneConfig(ema_decay=1.0)
+
+
+def test_outer_chunks_return_learns_only_the_return_phase(retrace_dataset, tmp_path, monkeypatch):
+    import worldmodel.slowfast as slowfast
+
+    root, _ = retrace_dataset
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    VideoWorldModel(WorldModelConfig(**{**TINY, "task": "retrace"})).save_pretrained(base)
+    original, learned = slowfast.outer_loss, {}
+    for outer_chunks in ("all", "return"):
+        kinds = learned[outer_chunks] = []
+
+        def counting(model, memory, snapshot, next_chunk, samples, generator, kinds=kinds):
+            kinds.append(next_chunk["kind"])
+            return original(model, memory, snapshot, next_chunk, samples, generator)
+
+        monkeypatch.setattr(slowfast, "outer_loss", counting)
+        assert run_finetune(FinetuneConfig(task="retrace", from_checkpoint=str(base), data=str(root),
+                                           out=str(tmp_path / outer_chunks), val_episodes=0, noise_samples=1,
+                                           memory_rank=4, max_episodes=1, outer_chunks=outer_chunks,
+                                           progress=False)) == 0
+    assert {"walk", "retrace"} <= set(learned["all"])
+    assert learned["return"] == [k for k in learned["all"] if k == "retrace"]
+    with pytest.raises(ValueError, match="--outer-chunks"):
+        FinetuneConfig(outer_chunks="late")

@@ -10,6 +10,9 @@ For every training episode, in order:
 2. Outer loop (slow learning, Theta frozen): for each i, load Theta_i into the adapter
    and update Phi on the masked conditional loss of X_i -> X_{i+1} with its subgoal
    text. One loaded snapshot serves a batch of ``noise_samples`` noise draws.
+   ``--outer-chunks return`` keeps only the pairs whose X_{i+1} belongs to the task's
+   return phase: the ones whose way the text does not give and a memory of the first
+   phase should.
 
 Repeated for ``epochs``. The finetuned base (without adapter; an EMA of Phi, as slow
 training saves) is saved like any world model, with the Temp-LoRA settings it learned
@@ -34,6 +37,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+import tasks
 from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
 from worldmodel.memory import EpisodeMemory, MemoryOverrides, adapter_parameters, base_parameters
@@ -56,6 +60,9 @@ class FinetuneConfig(MemoryOverrides):
     ema_decay: float = field(default=0.995, metadata={
         "help": "EMA decay of the base weights that are validated and saved (0: the raw weights)"})
     noise_samples: int = field(default=4, metadata={"help": "noise draws per (snapshot, pair) batch"})
+    outer_chunks: str = field(default="all", metadata={
+        "help": "chunks the outer loss learns: all (Alg. 1b) | return (only the task's return phase, the chunks "
+                "a memory of the first phase should help)"})
     memory_targets: str | None = field(default=None, metadata={
         "group": "Temp-LoRA memory",
         "help": "target modules: temporal, spatial+temporal or temporal-decoder (default: --from's, else temporal)"})
@@ -75,6 +82,8 @@ class FinetuneConfig(MemoryOverrides):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.outer_chunks not in ("all", "return"):
+            raise ValueError(f"--outer-chunks must be all or return, got {self.outer_chunks!r}")
 
 
 def base_state_dict(unet) -> dict[str, torch.Tensor]:
@@ -83,14 +92,15 @@ def base_state_dict(unet) -> dict[str, torch.Tensor]:
 
 
 def episode_chunks(dataset: ChunkDataset, episode: int, model: VideoWorldModel, limit: int = 0) -> list[dict]:
-    """Latents of one episode's chunks in order: context, context_len, target, text."""
+    """Latents of one episode's chunks in order: context, context_len, target, text, kind."""
     items = [dataset[i] for i, (e, _) in enumerate(dataset.index) if e == episode]
     items = sorted(items, key=lambda x: x["start"])[:limit or None]
     out = []
     for item in items:
         out.append({"context": model.latent.encode(item["context"][None]),
                     "context_len": torch.tensor([item["context_len"]]),
-                    "target": model.latent.encode(item["target"][None]), "text": item["text"]})
+                    "target": model.latent.encode(item["target"][None]), "text": item["text"],
+                    "kind": item["kind"]})
     return out
 
 
@@ -177,6 +187,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                                                    "val_loss_memory", "val_loss_no_memory", "inner_seconds",
                                                    "outer_seconds"], cfg.resume, done)
     schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
+    return_kinds = tasks.get(cfg.task).RETURN_KINDS
     bar = tqdm(total=len(schedule), initial=done, desc=f"finetune {cfg.task}", unit="episode",
                disable=not cfg.progress)
     generator = torch.Generator()
@@ -199,6 +210,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         unet.train()
         losses = []
         for i in range(len(chunks) - 1):
+            if cfg.outer_chunks == "return" and chunks[i + 1]["kind"] not in return_kinds:
+                continue
             generator.manual_seed(cfg.seed * 1_000_003 + done * 1_000 + i)
             loss = outer_loss(model, memory, snapshots[i], chunks[i + 1], cfg.noise_samples, generator)
             if not torch.isfinite(loss):
@@ -225,7 +238,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                 clean = build_unet(model.config)
                 clean.load_state_dict(base_state_dict(accelerator.unwrap_model(unet)))
             VideoWorldModel(model.config, clean, model.text_encoder).save_pretrained(out)
-        log.writerow([done, epoch, episode, float(np.mean(losses)), val["val_loss_memory"],
+        log.writerow([done, epoch, episode, float(np.mean(losses)) if losses else "", val["val_loss_memory"],
                       val["val_loss_no_memory"], round(inner_seconds, 2), round(outer_seconds, 2)])
         log_file.flush()
     bar.close()
