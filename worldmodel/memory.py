@@ -107,7 +107,8 @@ class MemoryConfig:
         return {k: v for k, v in asdict(self).items() if k != "seed"}
 
 
-_OWN = "default: the world model's own, else"
+def _own(name: str) -> str:
+    return f"default: the world model's own, else {getattr(MemoryConfig, name)}"
 
 
 @dataclass
@@ -115,17 +116,17 @@ class MemoryOverrides:
     """The Temp-LoRA settings a job (plan, evaluate, finetune) may override on the command line;
     None keeps the world model's own (see ``MemoryConfig.for_model``)."""
     memory_steps: int | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"Adam steps per chunk ({_OWN} 1)"})
+        "group": "Temp-LoRA memory", "help": f"Adam steps per chunk ({_own('steps')})"})
     memory_lr: float | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"learning rate ({_OWN} 1e-4)"})
+        "group": "Temp-LoRA memory", "help": f"learning rate ({_own('lr')})"})
     memory_crop: int | None = field(default=None, metadata={
         "group": "Temp-LoRA memory",
-        "help": f"side of the random latent square each step trains on, 0 = whole frames ({_OWN} 0)"})
+        "help": f"side of the random latent square each step trains on, 0 = whole frames ({_own('crop')})"})
     memory_variant: str | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"{' | '.join(VARIANTS)} ({_OWN} local)"})
+        "group": "Temp-LoRA memory", "help": f"{' | '.join(VARIANTS)} ({_own('variant')})"})
     memory_reverse: bool | None = field(default=None, metadata={
         "group": "Temp-LoRA memory",
-        "help": f"also train on each window played backwards: true | false ({_OWN} false)"})
+        "help": f"also train on each window played backwards: true | false ({_own('reverse')})"})
 
     def __post_init__(self) -> None:
         if self.memory_variant is not None and self.memory_variant not in VARIANTS:

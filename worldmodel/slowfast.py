@@ -40,7 +40,7 @@ from tqdm import tqdm
 import tasks
 from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
-from worldmodel.memory import EpisodeMemory, MemoryOverrides, adapter_parameters, base_parameters
+from worldmodel.memory import TARGETS, EpisodeMemory, MemoryConfig, MemoryOverrides, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
 from worldmodel.train import averaged
 
@@ -65,9 +65,9 @@ class FinetuneConfig(MemoryOverrides):
                 "a memory of the first phase should help)"})
     memory_targets: str | None = field(default=None, metadata={
         "group": "Temp-LoRA memory",
-        "help": "target modules: temporal, spatial+temporal or temporal-decoder (default: --from's, else temporal)"})
+        "help": f"target modules: {', '.join(TARGETS)} (default: --from's, else {MemoryConfig.targets})"})
     memory_rank: int | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": "rank, alpha = rank (default: --from's, else 32)"})
+        "group": "Temp-LoRA memory", "help": f"rank, alpha = rank (default: --from's, else {MemoryConfig.rank})"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
     save_every: int = field(default=5, metadata={"help": "episodes between checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
