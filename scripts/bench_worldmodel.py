@@ -22,11 +22,16 @@ the arm targets read off generated and true frames; `baseline_*` are repeat-last
 leaves it to memory).
 
 Retrace's view scrolls by whole tiles and brings in terrain no context frame shows, so it
-also reports two references that know the motion: `shift_oracle_psnr` moves the last
-context frame by the whole-tile shift that best fits each true frame and fills the
-uncovered strip with the frame's mean colour (the best a predictor of the motion can do
-without knowing the new terrain, roughly); `shift_oracle_sampled_psnr` fills the strip with
-terrain from another episode instead, as a sampler that imagines plausible terrain would.
+also reports two references that know the motion: `shift_oracle_psnr` scrolls the last
+context frame by the player's true move and fills the uncovered strip with the view's mean
+colour (the best a predictor of the motion can do without knowing the new terrain, roughly);
+`shift_oracle_sampled_psnr` fills the strip with terrain from another episode instead, as a
+sampler that imagines plausible terrain would.
+`covered_psnr` scores only what the motion keeps in view: the terrain pixels of each moved frame
+that the scrolled last context frame still shows, where there is nothing new to imagine and the
+scrolled frame is exact (pooled over chunks: repeat-last is exact on some); `baseline_covered_psnr`
+is repeat-last's there. A model that scrolls the view scores high, one that fades it out in place
+scores near repeat-last.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
@@ -76,6 +81,7 @@ def main() -> None:
     seconds = []
     seeds = list(range(args.seed, args.seed + args.episodes))
     oracle = {"shift_oracle_psnr": [], "shift_oracle_sampled_psnr": []}
+    covered = {"model": [], "repeat": [], "pixels": []}  # per chunk: squared error summed over `shown`
     # Terrain for the sampled fill: the episode after the measured ones, so no chunk fills from its own world.
     other_terrain = rollout_expert(env, expert, seeds[-1] + 1)["frames"] if args.task == "retrace" else None
     fill_rng = np.random.default_rng(args.seed + 1)  # its own stream: the chunks drawn stay those of `rng`
@@ -102,9 +108,14 @@ def main() -> None:
             scores["baseline_ssim"].append(ssim(repeat, truth))
             if other_terrain is not None:
                 fill = other_terrain[fill_rng.integers(len(other_terrain))]
-                mean_fill, sampled_fill = shift_oracle(context_frames[-1], truth, fill)
+                position = record["observations"]["pos"]
+                moves = position[start + 1:start + 1 + cfg.chunk_frames] - position[start]
+                mean_fill, sampled_fill, shown = shift_oracle(context_frames[-1], truth, fill, moves)
                 oracle["shift_oracle_psnr"].append(psnr(mean_fill, truth))
                 oracle["shift_oracle_sampled_psnr"].append(psnr(sampled_fill, truth))
+                covered["pixels"].append(shown.sum() * truth.shape[-1])
+                for name, prediction in (("model", generated), ("repeat", repeat)):
+                    covered[name].append(np.sum((prediction[shown].astype(np.float64) - truth[shown]) ** 2))
             error = generated.astype(np.float64) - truth
             unchanged = (truth == context_frames[-1]).all(axis=(0, 3))
             mse["model"].append(np.mean(error**2))
@@ -119,7 +130,8 @@ def main() -> None:
               "static_pixel_rmse": round(float(np.sqrt(np.nanmean(mse["model_on_unchanged_pixels"]))), 3)}
     result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()}, **pooled,
               **{k: round(float(np.mean(v)), 3) for k, v in oracle.items() if v},
-              **idm_scores(args.task, actions), "by_kind": by_kind(kinds, scores | oracle),
+              **covered_scores(covered, range(len(kinds))),
+              **idm_scores(args.task, actions), "by_kind": by_kind(kinds, scores | oracle, covered),
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
@@ -127,42 +139,64 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def shift_oracle(last: np.ndarray, truth: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each true frame predicted as ``last`` moved by the whole-tile shift that fits it best; what the shift
-    uncovers is the frame's mean colour (first result) or ``fill``'s pixels there (second)."""
+def shift_oracle(last: np.ndarray, truth: np.ndarray, fill: np.ndarray,
+                 moves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each true frame predicted as ``last`` with the view scrolled by the player's true move since ``last``
+    (``moves``: (F, 2) tiles, x right, y down); the player's own tile stays in the centre and the frame's black
+    margin stays put. What the scroll uncovers (and the ground the player stood on) is the view's mean colour
+    (first result) or ``fill``'s pixels there (second). The third result marks, per frame, the scrolled
+    pixels the old view still shows (none in frames the player has not moved in)."""
     size, unit = last.shape[0], last.shape[0] // VIEW_TILES
-    mean_colour = last.reshape(-1, 3).mean(axis=0)
-    flat, sampled, shift = [], [], (0, 0)
-    for frame in truth.astype(np.float64):
-        best = None
-        # The player moves at most one tile a frame, so the best shift is searched next to the previous one.
-        for dy in (shift[0] - unit, shift[0], shift[0] + unit):
-            for dx in (shift[1] - unit, shift[1], shift[1] + unit):
-                if max(abs(dy), abs(dx)) >= size:
-                    continue
-                covered = np.zeros((size, size), bool)
-                moved = np.empty((size, size, 3))
-                moved[:] = mean_colour
-                rows, cols = slice(max(0, -dy), size - max(0, dy)), slice(max(0, -dx), size - max(0, dx))
-                moved[rows, cols] = last[max(0, dy):size - max(0, -dy), max(0, dx):size - max(0, -dx)]
-                covered[rows, cols] = True
-                error = np.mean((moved - frame) ** 2)
-                if best is None or error < best[0]:
-                    best = (error, moved, covered, (dy, dx))
-        _, moved, covered, shift = best
+    span = unit * VIEW_TILES
+    margin = (size - span) // 2
+    inside = slice(margin, margin + span)
+    centre = slice(margin + unit * (VIEW_TILES // 2), margin + unit * (VIEW_TILES // 2 + 1))
+    view = last[inside, inside].astype(np.float64)
+    mean_colour = view.reshape(-1, 3).mean(axis=0)
+    terrain = np.ones((span, span), bool)  # the old view's pixels that show terrain, not the player
+    terrain[centre.start - margin:centre.stop - margin, centre.start - margin:centre.stop - margin] = False
+    flat, sampled, shown = [], [], []
+    for dx, dy in np.asarray(moves) * unit:
+        scrolled = np.empty_like(view)
+        kept = np.zeros((span, span), bool)
+        if max(abs(dx), abs(dy)) < span:
+            rows, cols = slice(max(0, -dy), span - max(0, dy)), slice(max(0, -dx), span - max(0, dx))
+            scrolled[rows, cols] = view[max(0, dy):span - max(0, -dy), max(0, dx):span - max(0, -dx)]
+            kept[rows, cols] = terrain[max(0, dy):span - max(0, -dy), max(0, dx):span - max(0, -dx)]
+        scrolled[~kept] = mean_colour
+        moved = last.astype(np.float64)
+        moved[inside, inside] = scrolled
+        moved[centre, centre] = last[centre, centre]
+        uncovered = np.zeros((size, size), bool)
+        uncovered[inside, inside] = ~kept
+        uncovered[centre, centre] = False
+        old_view = np.zeros((size, size), bool)
+        old_view[inside, inside] = kept & bool(dx or dy)
+        old_view[centre, centre] = False
         flat.append(moved)
-        sampled.append(np.where(covered[..., None], moved, fill))
-    return np.stack(flat).round().astype(np.uint8), np.stack(sampled).round().astype(np.uint8)
+        sampled.append(np.where(uncovered[..., None], fill, moved))
+        shown.append(old_view)
+    return np.stack(flat).round().astype(np.uint8), np.stack(sampled).round().astype(np.uint8), np.stack(shown)
 
 
-def by_kind(kinds: list[str], scores: dict[str, list]) -> dict:
+def covered_scores(covered: dict[str, list], chunks) -> dict:
+    """Pooled PSNR of the model and of repeat-last over the scored pixels of ``chunks`` (none if none moved)."""
+    pixels = sum(covered["pixels"][i] for i in chunks) if covered["pixels"] else 0
+    if not pixels:
+        return {}
+    return {key: round(float(10 * np.log10(255**2 * pixels / max(sum(covered[name][i] for i in chunks), 1e-10))), 3)
+            for key, name in (("covered_psnr", "model"), ("baseline_covered_psnr", "repeat"))}
+
+
+def by_kind(kinds: list[str], scores: dict[str, list], covered: dict[str, list]) -> dict:
     """The chunk scores split by subgoal kind: a text that names the move (retrace "walk") against one that
     leaves it to memory ("retrace"), where true context and text alone cannot tell which way the chunk goes."""
     out = {}
     for kind in sorted(set(kinds)):
         picked = [i for i, k in enumerate(kinds) if k == kind]
         out[kind] = {"chunks": len(picked), **{k: round(float(np.mean([v[i] for i in picked])), 3)
-                                               for k, v in scores.items() if v}}
+                                               for k, v in scores.items() if v},
+                     **covered_scores(covered, picked)}
     return out
 
 
