@@ -160,9 +160,9 @@ def shift_oracle(last: np.ndarray, truth: np.ndarray, fill: np.ndarray,
         scrolled = np.empty_like(view)
         kept = np.zeros((span, span), bool)
         if max(abs(dx), abs(dy)) < span:
-            rows, cols = slice(max(0, -dy), span - max(0, dy)), slice(max(0, -dx), span - max(0, dx))
-            scrolled[rows, cols] = view[max(0, dy):span - max(0, -dy), max(0, dx):span - max(0, -dx)]
-            kept[rows, cols] = terrain[max(0, dy):span - max(0, -dy), max(0, dx):span - max(0, -dx)]
+            target = slice(max(0, -dy), span - max(0, dy)), slice(max(0, -dx), span - max(0, dx))
+            source = slice(max(0, dy), span - max(0, -dy)), slice(max(0, dx), span - max(0, -dx))
+            scrolled[target], kept[target] = view[source], terrain[source]
         scrolled[~kept] = mean_colour
         moved = last.astype(np.float64)
         moved[inside, inside] = scrolled
