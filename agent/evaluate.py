@@ -15,7 +15,10 @@ variants' rows compare returns from the same first phase (``agent/planner.py``).
 Each finished episode is a file under ``OUT/episodes/``, so a rerun with the same
 arguments skips it (more seeds or variants may be added; other settings are refused).
 Outputs: ``results.json``, ``table.md``, ``distances.png`` and the first episode's videos
-of every variant.
+of every variant. Retrace and return_cubes distances vary by more between seeds than between
+variants, so the table also pairs the variants seed by seed for each ordering the paper claims
+(mean difference, bootstrap interval, Wilcoxon signed-rank p): a gap between two means is a
+finding only where its interval excludes zero.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import wilcoxon
 from tqdm import tqdm
 
 import envs
@@ -50,7 +54,10 @@ VARIANTS = {
 REFERENCES = ("expert", "idm-replay", "no-op")
 # Options that change what an episode file holds: a rerun into the same folder must keep them.
 EPISODE_OPTIONS = ("task", "backend", "checkpoint", *(f.name for f in dataclasses.fields(MemoryOverrides)),
-                   "memory_source", "expert_first_phase")
+                   "memory_source", "expert_first_phase", "draw")
+# The paper's Table 2 claims, as (lower, higher) distance pairs, and the do-nothing row every plan must beat.
+CLAIMS = (("slow-fast", "temp-lora"), ("temp-lora", "no-memory"), ("slow-fast", "no-memory"),
+          ("slow-fast", "anchor-frame"), ("anchor-frame", "no-memory"), ("no-memory", "no-op"))
 # The first half of each task, without which a small distance means nothing: metric key -> table column.
 FIRST_PHASE = {"moved_away": "moved aside", "went_out": "went out"}
 
@@ -63,6 +70,9 @@ class EvaluateConfig(MemoryOverrides):
                           metadata={"help": "comma-separated variants"})
     episodes: int = field(default=10, metadata={"help": "episodes per variant (seeds SEED..SEED+N-1)"})
     seed: int = field(default=10_000, metadata={"help": "first held-out seed"})
+    draw: int = field(default=0, metadata={
+        "help": "the planners' noise draw (plan --draw); a folder per draw, paired by seed, shows how much of a "
+                "difference between variants the sampler's chance alone makes"})
     checkpoint: str | None = field(default=None, metadata={"help": "task checkpoint folder "
                                                            "(default: checkpoints/TASK)"})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
@@ -82,6 +92,8 @@ class EvaluateConfig(MemoryOverrides):
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.memory_source not in MEMORY_SOURCES:
             raise ConfigError(f"--memory-source must be {' or '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
+        if self.draw < 0:
+            raise ConfigError(f"--draw must be >= 0, got {self.draw}")
 
     def variant_list(self) -> list[str]:
         return [v.strip() for v in self.variants.split(",") if v.strip()]
@@ -146,6 +158,27 @@ def summarise(per_episode: list[dict]) -> dict:
     return summary
 
 
+def paired(a: dict, b: dict, resamples: int = 10_000) -> dict:
+    """Row ``a`` against row ``b`` on the seeds both ran: distance differences a - b, a 95 %
+    percentile-bootstrap interval of their mean (fixed RNG, so a rerun writes the same table),
+    how often ``a`` was lower / higher, the two-sided Wilcoxon signed-rank p and the ratio of means."""
+    b_by_seed = {e["seed"]: e["distance"] for e in b["per_episode"]}
+    pairs = [(e["distance"], b_by_seed[e["seed"]]) for e in a["per_episode"] if e["seed"] in b_by_seed]
+    da, db = np.array(pairs).T
+    diff = da - db
+    means = diff[np.random.default_rng(0).integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    return {"episodes": len(diff), "mean_difference": float(diff.mean()),
+            "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "a_lower": int((diff < 0).sum()), "a_higher": int((diff > 0).sum()),
+            "p_value": float(wilcoxon(diff).pvalue) if np.any(diff) else 1.0,
+            "ratio": float(da.mean() / db.mean()) if db.mean() else None}
+
+
+def paired_claims(variants: dict) -> list[dict]:
+    return [{"a": a, "b": b, **paired(variants[a], variants[b])} for a, b in CLAIMS
+            if a in variants and b in variants]
+
+
 def write_table(results: dict, path: Path) -> None:
     unit = "m" if results["task"] == "return_cubes" else "blocks"
     phase = next((key for key in FIRST_PHASE if all(f"{key}_rate" in row for row in results["variants"].values())),
@@ -156,6 +189,15 @@ def write_table(results: dict, path: Path) -> None:
         lines.append(f"| {name} | {row['distance_mean']:.4f} ± {row['distance_std']:.4f} | "
                      + (f"{row[f'{phase}_rate']:.0%} | " if phase else "")
                      + f"{row['success_rate']:.0%} | {row['seconds_per_episode']:.1f} |")
+    if results.get("paired"):
+        lines += ["", "Paired over seeds (A - B; negative: A ends nearer):", "",
+                  "| A | B | mean A - B | 95 % bootstrap interval | A lower / higher | Wilcoxon p | A / B |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for c in results["paired"]:
+            ratio = f"{c['ratio']:.2f}" if c["ratio"] is not None else "-"
+            lines.append(f"| {c['a']} | {c['b']} | {c['mean_difference']:+.4f} | [{c['ci95'][0]:+.4f}, "
+                         f"{c['ci95'][1]:+.4f}] | {c['a_lower']} / {c['a_higher']} of {c['episodes']} | "
+                         f"{c['p_value']:.3f} | {ratio} |")
     path.write_text(f"{results['task']} ({results['backend']}), seeds {results['seed']}.."
                     f"{results['seed'] + results['episodes'] - 1}\n\n" + "\n".join(lines) + "\n")
 
@@ -220,14 +262,14 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
                                           out=str(done.parent), **cfg.memory_options(),
                                           memory_source=cfg.memory_source, expert_first_phase=cfg.expert_first_phase,
-                                          videos=i == 0, progress=False)
+                                          draw=cfg.draw, videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)
             per_row[row].append(json.loads(done.read_text()))
             bar.update(1)
     bar.close()
+    variants = {row: summarise(eps) for row, eps in per_row.items()}
     results = {"task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "episodes": cfg.episodes,
-               "variants": {row: summarise(eps) for row, eps in per_row.items()},
-               "config": dataclasses.asdict(cfg)}
+               "variants": variants, "paired": paired_claims(variants), "config": dataclasses.asdict(cfg)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_table(results, out / "table.md")
     plot(results, out / "distances.png")

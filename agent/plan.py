@@ -36,6 +36,9 @@ class PlanConfig(MemoryOverrides):
         "help": "folder with worldmodel/ and idm/ (default: the shipped checkpoints/TASK)"})
     worldmodel: str | None = field(default=None, metadata={"help": "world model folder (overrides --checkpoint)"})
     seed: int = field(default=0, metadata={"help": "episode seed"})
+    draw: int = field(default=0, metadata={
+        "help": "the planner's noise draw: 0 seeds the sampler and the memory with the episode seed; another draw "
+                "imagines the same episode with other noise (how much of a score is the planner's own chance)"})
     out: str = field(default="runs/plan", metadata={"help": "output folder"})
     goal: str | None = field(default=None, metadata={"help": "goal text (default: the episode's own goal)"})
     llm: str = field(default="rules", metadata={
@@ -57,6 +60,8 @@ class PlanConfig(MemoryOverrides):
             raise ConfigError(f"--memory must be none, anchor-frame or temp-lora, got {self.memory!r}")
         if self.memory_source not in MEMORY_SOURCES:
             raise ConfigError(f"--memory-source must be {' or '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
+        if self.draw < 0:
+            raise ConfigError(f"--draw must be >= 0, got {self.draw}")
         if self.llm not in ("rules", "local", "openai"):
             raise ConfigError(f"--llm must be rules, local or openai, got {self.llm!r}")
 
@@ -88,23 +93,32 @@ def decompose(cfg: PlanConfig, goal: str, context: dict) -> tuple[list, dict]:
     return rules(cfg.task, goal, context), {"source": "rules"}
 
 
+def noise_seed(seed: int, draw: int) -> int:
+    """Draw 0 keeps the episode seed (episodes planned before draws existed stay valid); other draws
+    get a seed no episode seed collides with."""
+    return seed if draw == 0 else int(np.random.SeedSequence([seed, draw]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDynamicsModel) -> dict:
     task = tasks.get(cfg.task)
     env = envs.make(cfg.task, cfg.backend)
     env.reset(seed=cfg.seed)
     goal = cfg.goal or env.goal_text()
     subgoals, decomposition = decompose(cfg, goal, env.subgoal_context())
-    memory_config = cfg.memory_config(world_model, seed=cfg.seed)
+    noise = noise_seed(cfg.seed, cfg.draw)
+    memory_config = cfg.memory_config(world_model, seed=noise)
     planner = Planner(world_model, idm, cfg.memory, memory_config, cfg.closed_loop, cfg.memory_source)
     bar = (lambda xs: tqdm(xs, desc=f"plan {cfg.task} [{cfg.memory}]", unit="chunk")) if cfg.progress else None
     started = time.time()
     expert = envs.expert_for(env) if cfg.expert_first_phase else None
-    metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar, expert=expert)
+    metric, record = planner.run(env, subgoals, cfg.seed, task.frames_for, progress=bar, expert=expert,
+                                 noise_seed=noise)
     seconds = time.time() - started
     fps = env.metadata["render_fps"]
     env.close()
     episode = {
-        "task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "memory": cfg.memory, "goal": goal,
+        "task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "draw": cfg.draw, "memory": cfg.memory,
+        "goal": goal,
         "subgoals": [s.text for s in subgoals], "decomposition": decomposition, "distance": metric["distance"], "success": metric["success"],
         "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),

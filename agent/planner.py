@@ -77,9 +77,10 @@ class Planner:
         return recent
 
     def run(self, env, subgoals: list[Subgoal], seed: int, frames_for, progress=None,
-            expert=None) -> tuple[dict, EpisodeRecord]:
+            expert=None, noise_seed: int | None = None) -> tuple[dict, EpisodeRecord]:
         """One episode; ``frames_for(subgoal)`` is the task's frame budget for a subgoal; with
-        ``expert``, the expert does the first phase (module docstring)."""
+        ``expert``, the expert does the first phase (module docstring); the sampler's noise
+        follows ``noise_seed`` (default: the episode ``seed``)."""
         chunk = self.model.config.chunk_frames
         return_kinds = tasks.get(env.task_name).RETURN_KINDS
         scripted = 0 if expert is None else next(
@@ -87,7 +88,7 @@ class Planner:
         obs, _ = env.reset(seed=seed)
         if self.memory is not None:
             self.memory.reset()
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
         record = EpisodeRecord(imagined=[obs["rgb"]], executed=[obs["rgb"]])
         anchor = self.model.latent.encode(obs["rgb"][None, None])
         imagined_latents = anchor

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,6 +88,30 @@ def test_temp_lora_learns_from_the_chosen_frames(tiny_checkpoints, source):
                               atol=0.05)
 
 
+def test_a_draw_reimagines_the_same_episode_with_other_noise(tiny_checkpoints, tmp_path):
+    from agent.plan import noise_seed
+
+    world_model = VideoWorldModel.from_pretrained(tiny_checkpoints / "retrace" / "worldmodel")
+    idm = InverseDynamicsModel.from_pretrained(tiny_checkpoints / "retrace" / "idm")
+    subgoals = rules("retrace", "go left for 4 steps, then retrace your path", {})
+    imagined = {}
+    for noise in (None, 3, noise_seed(3, 1)):
+        env = envs.make("retrace")
+        _, record = Planner(world_model, idm, "none").run(env, subgoals, seed=3, frames_for=retrace.frames_for,
+                                                          noise_seed=noise)
+        env.close()
+        assert np.array_equal(record.executed[0], record.imagined[0])  # the same world: same first frame
+        imagined[noise] = np.stack(record.imagined[1:9])
+    assert noise_seed(3, 0) == 3 and np.array_equal(imagined[None], imagined[3])
+    assert not np.array_equal(imagined[3], imagined[noise_seed(3, 1)])
+    assert len({noise_seed(seed, draw) for seed in range(100) for draw in range(3)}) == 300
+    code = main(["plan", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"), "--memory", "none",
+                 "--seed", "3", "--draw", "1", "--out", str(tmp_path / "plan"), "--no-progress", "--no-videos"])
+    episode = json.loads((tmp_path / "plan" / "episode.json").read_text())
+    assert code == 0 and episode["draw"] == 1 and episode["seed"] == 3
+    assert main(["plan", "--task", "retrace", "--draw", "-1"]) == 2
+
+
 @pytest.mark.parametrize("memory", ["none", "temp-lora"])
 def test_expert_first_phase_walks_out_and_only_the_return_is_imagined(tiny_checkpoints, memory):
     world_model = VideoWorldModel.from_pretrained(tiny_checkpoints / "retrace" / "worldmodel")
@@ -164,6 +189,8 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
         env.close()
         assert row["distance"] == pytest.approx(np.linalg.norm(points - points[0], axis=1).mean())
     assert "| went out |" in (tmp_path / "eval" / "table.md").read_text()
+    assert [(c["a"], c["b"], c["episodes"]) for c in results["paired"]] == [("temp-lora", "no-memory", 2),
+                                                                          ("no-memory", "no-op", 2)]
     for row in results["variants"].values():
         assert [e["seed"] for e in row["per_episode"]] == [10000, 10001]
     assert (tmp_path / "eval" / "distances.png").stat().st_size > 5000
@@ -177,6 +204,8 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     assert "slowfast finetune" in capsys.readouterr().err
     assert main([*args, "--expert-first-phase"]) == 2  # would mix in episodes of another setting
     assert "--expert-first-phase False -> True" in capsys.readouterr().err
+    assert main([*args, "--draw", "1"]) == 2  # another draw of the same seeds belongs in its own folder
+    assert "--draw 0 -> 1" in capsys.readouterr().err
     assert not json.loads((tmp_path / "eval" / "results.json").read_text())["config"]["expert_first_phase"]
 
 
@@ -201,6 +230,43 @@ def test_return_cubes_table_reports_whether_cubes_were_moved_aside(tmp_path):
     write_table(results, tmp_path / "table.md")
     assert "| hover | " in (tmp_path / "table.md").read_text()
     assert "| moved aside |" in (tmp_path / "table.md").read_text()
+
+
+def test_paired_claims_match_seeds_and_separate_real_gaps_from_ties(tmp_path):
+    from agent.evaluate import paired_claims, write_table
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 5.0, 30)
+
+    def row(distances, seeds):
+        return {"per_episode": [{"seed": s, "distance": float(d)} for s, d in zip(seeds, distances)]}
+
+    variants = {"no-memory": row(base, range(30)),
+                "anchor-frame": row(base[:10] + 1.0, range(10)),  # ran fewer seeds
+                "temp-lora": row(base - 0.5 + rng.normal(0.0, 0.1, 30), range(30)),
+                "slow-fast": row(base[::-1], range(29, -1, -1))}  # no-memory's distances, listed backwards
+    claims = {(c["a"], c["b"]): c for c in paired_claims(variants)}
+    assert list(claims) == [("slow-fast", "temp-lora"), ("temp-lora", "no-memory"), ("slow-fast", "no-memory"),
+                            ("slow-fast", "anchor-frame"), ("anchor-frame", "no-memory")]  # no no-op row, no pair
+    tie = claims[("slow-fast", "no-memory")]  # paired by seed, not by position: every difference is 0
+    assert tie["mean_difference"] == 0.0 and tie["ci95"] == [0.0, 0.0] and tie["p_value"] == 1.0
+    assert tie["ratio"] == pytest.approx(1.0) and tie["a_lower"] == tie["a_higher"] == 0
+    better = claims[("temp-lora", "no-memory")]
+    assert better["mean_difference"] == pytest.approx(-0.5, abs=0.05)
+    assert better["ci95"][0] < better["mean_difference"] < better["ci95"][1] < 0
+    assert better["p_value"] < 1e-4 and better["a_lower"] >= 28
+    assert better["ratio"] == pytest.approx(1 - 0.5 / base.mean(), abs=0.02)
+    assert claims[("slow-fast", "temp-lora")]["mean_difference"] == pytest.approx(0.5, abs=0.05)
+    fewer = claims[("anchor-frame", "no-memory")]
+    assert fewer["episodes"] == 10 and fewer["mean_difference"] == pytest.approx(1.0)
+    assert paired_claims(variants) == paired_claims(variants)  # the bootstrap is seeded
+    results = {"task": "retrace", "backend": "embedded", "seed": 0, "episodes": 30,
+               "variants": {name: {"distance_mean": 1.0, "distance_std": 0.0, "success_rate": 0.0,
+                                   "seconds_per_episode": 0.0} for name in variants},
+               "paired": paired_claims(variants)}
+    write_table(results, tmp_path / "table.md")
+    table = (tmp_path / "table.md").read_text()
+    assert re.search(r"\| temp-lora \| no-memory \| -0\.[45]\d+ \| \[-", table) and "| 0 / 0 of 30 | 1.000 | 1.00 |" in table
 
 
 def test_generate_writes_a_long_video(tiny_checkpoints, tmp_path, capsys):
