@@ -1,0 +1,39 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("compare_evaluations",
+                                              Path(__file__).parents[1] / "scripts" / "compare_evaluations.py")
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+
+def _evaluation(folder: Path, row: str, distances: dict[int, float]) -> str:
+    folder.mkdir()
+    per_episode = [{"seed": seed, "distance": d, "success": False} for seed, d in distances.items()]
+    (folder / "results.json").write_text(json.dumps({"variants": {row: {"per_episode": per_episode}}}))
+    return f"{folder}:{row}"
+
+
+def test_draws_are_averaged_per_seed_and_only_shared_seeds_compared(tmp_path, capsys):
+    draw0 = _evaluation(tmp_path / "d0", "temp-lora", {0: 1.0, 1: 3.0, 2: 5.0, 3: 2.0})
+    draw1 = _evaluation(tmp_path / "d1", "temp-lora", {0: 3.0, 1: 1.0, 2: 1.0})  # seed 3 not run in this draw
+    other = _evaluation(tmp_path / "b", "no-memory", {0: 4.0, 1: 4.0, 2: 5.0, 7: 0.0})
+    assert compare.seed_means(f"{draw0},{draw1}") == {0: 2.0, 1: 2.0, 2: 3.0}
+    assert compare.main([f"{draw0},{draw1}", other]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 3 and result["a_mean"] == pytest.approx(7 / 3) and result["b_mean"] == 13 / 3
+    assert result["mean_difference"] == pytest.approx(-2.0) and (result["a_lower"], result["a_higher"]) == (3, 0)
+
+
+def test_bad_sides_name_the_problem(tmp_path):
+    row = _evaluation(tmp_path / "a", "no-memory", {0: 1.0})
+    for side, message in [(f"{tmp_path / 'a'}:slow-fast", "has no row 'slow-fast'; it has no-memory"),
+                          (f"{tmp_path / 'missing'}:no-memory", "results.json"), ("no-memory", "FOLDER:ROW")]:
+        with pytest.raises(SystemExit, match=message):
+            compare.main([side, row])
+    far = _evaluation(tmp_path / "far", "no-memory", {9: 1.0})
+    with pytest.raises(SystemExit, match="share no seed"):
+        compare.main([row, far])
