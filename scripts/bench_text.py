@@ -19,6 +19,7 @@ text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
+       [--guidance-rescale PHI]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
@@ -58,6 +59,8 @@ def main() -> None:
                         help="context frames given to the model (default: its full window)")
     parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
     parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
+    parser.add_argument("--guidance-rescale", type=float, default=None,
+                        help="override the checkpoint's guidance rescale factor")
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
@@ -97,7 +100,8 @@ def main() -> None:
         for i, record in enumerate(records):
             latents = model.generate_chunk(context, [record["subgoals"][0]["text"]],
                                            generator=torch.Generator().manual_seed(seed),
-                                           image_guidance=args.image_guidance, text_guidance=args.text_guidance)
+                                           image_guidance=args.image_guidance, text_guidance=args.text_guidance,
+                                           guidance_rescale=args.guidance_rescale)
             imagined = model.latent.decode(latents)[0].astype(np.float32)
             errors = ((truths - imagined[None]) ** 2).mean(axis=(1, 2, 3, 4))
             following.append(float(np.argmin(errors) == i))
@@ -113,7 +117,9 @@ def main() -> None:
                       "branch_chance": round(float(np.mean(chance)), 4),
                       "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
                       "guidance": [cfg.image_guidance if args.image_guidance is None else args.image_guidance,
-                                   cfg.text_guidance if args.text_guidance is None else args.text_guidance]}))
+                                   cfg.text_guidance if args.text_guidance is None else args.text_guidance],
+                      "guidance_rescale": (cfg.guidance_rescale if args.guidance_rescale is None
+                                           else args.guidance_rescale)}))
 
 
 if __name__ == "__main__":

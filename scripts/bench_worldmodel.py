@@ -35,6 +35,7 @@ scores near repeat-last.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
+       [--guidance-rescale PHI]
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the task's shipped one)")
     parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
     parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
+    parser.add_argument("--guidance-rescale", type=float, default=None,
+                        help="override the checkpoint's guidance rescale factor")
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
@@ -98,7 +101,8 @@ def main() -> None:
             context = model.latent.encode(context_frames[None])
             began = time.perf_counter()
             chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)),
-                                         image_guidance=args.image_guidance, text_guidance=args.text_guidance)
+                                         image_guidance=args.image_guidance, text_guidance=args.text_guidance,
+                                         guidance_rescale=args.guidance_rescale)
             seconds.append(time.perf_counter() - began)
             generated = model.latent.decode(chunk)[0]
             repeat = np.repeat(context_frames[-1:], len(truth), axis=0)
@@ -135,7 +139,9 @@ def main() -> None:
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
-                           args.text_guidance if args.text_guidance is not None else cfg.text_guidance]}
+                           args.text_guidance if args.text_guidance is not None else cfg.text_guidance],
+              "guidance_rescale": (args.guidance_rescale if args.guidance_rescale is not None
+                                   else cfg.guidance_rescale)}
     print(json.dumps(result))
 
 

@@ -201,6 +201,44 @@ def test_skipped_passes_give_the_three_pass_result(tiny_model):
     assert not torch.allclose(sample(1.0), sample(2.0), atol=1e-4)
 
 
+def test_guidance_rescale_gives_the_sampler_the_text_pass_spread(tiny_model, monkeypatch):
+    context, _ = _window(tiny_model, batch=1)
+    sampler_type, step = type(tiny_model.sampler), type(tiny_model.sampler).step
+    text_parts, given = [], []
+
+    class TextPassRecorder(torch.nn.Module):
+        def forward(self, sample, t, encoder_hidden_states):
+            out = tiny_model.unet(sample, t, encoder_hidden_states=encoder_hidden_states)
+            text_parts.append(out.sample[-1:, :, tiny_model.config.context_frames:])  # the text pass is last
+            return out
+
+    def recording_step(self, model_output, *args, **kwargs):
+        given.append(model_output)
+        return step(self, model_output, *args, **kwargs)
+
+    monkeypatch.setattr(sampler_type, "step", recording_step)
+
+    def sample(text_guidance, rescale):
+        text_parts.clear(), given.clear()
+        return tiny_model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                         image_guidance=1.0, text_guidance=text_guidance, guidance_rescale=rescale,
+                                         unet=TextPassRecorder())
+
+    # A random tiny UNet barely reads its text, so the guidance is made large enough to show.
+    plain = sample(40.0, 0.0)
+    assert not torch.allclose(given[0].std(), text_parts[0].std(), rtol=1e-2)
+    rescaled = sample(40.0, 1.0)
+    for text_part, output in zip(text_parts, given):
+        torch.testing.assert_close(output.std(), text_part.std(), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(plain, rescaled, atol=1e-4)
+    # With the text pass alone there is nothing to rescale.
+    assert torch.equal(sample(1.0, 0.0), sample(1.0, 1.0))
+    with pytest.raises(ValueError, match="text pass"):
+        sample(0.0, 0.7)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sample(4.0, 1.5)
+
+
 def test_v_prediction_regresses_velocity_and_epsilon_regresses_noise():
     v_model = VideoWorldModel(WorldModelConfig(**TINY))
     eps_model = VideoWorldModel(WorldModelConfig(**TINY, prediction_type="epsilon"))

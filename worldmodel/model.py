@@ -71,6 +71,10 @@ class WorldModelConfig:
     solver_order: int = 2
     image_guidance: float = 2.0
     text_guidance: float = 5.0
+    # Lin et al. 2024 (Sec. 3.4) rescale of the guided output towards the text pass's standard
+    # deviation, mixed in by this factor in [0, 1] (0 = plain CFG): strong guidance overshoots,
+    # which on retrace shows as pixels changing where nothing moves (measured: checkpoints/README.md).
+    guidance_rescale: float = 0.0
     # What the UNet predicts. "v_prediction" (v = alpha eps - sigma x0): with
     # unit-variance latents the x0 estimate is alpha x_t - sigma v, so UNet errors are
     # never amplified. "epsilon" must copy i.i.d. noise through the UNet's narrowest,
@@ -326,7 +330,7 @@ class VideoWorldModel:
     def generate_chunk(self, context: torch.Tensor, texts: list[str], context_len: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, num_steps: int | None = None,
                        image_guidance: float | None = None, text_guidance: float | None = None,
-                       unet=None) -> torch.Tensor:
+                       guidance_rescale: float | None = None, unet=None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
         Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), applied to
@@ -334,7 +338,8 @@ class VideoWorldModel:
         given x_t), with the passes (no image + no text, image + no text, image + text)
         in one batch. Written as (1 - g_i) u + (g_i - g_t) img + g_t text, a pass whose
         weight is zero is skipped: g_i = 1 needs no unconditional pass, g_i = g_t = 1
-        only the text pass.
+        only the text pass. ``guidance_rescale`` (phi) then moves the guided output towards
+        the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
         """
         cfg = self.config
         unet = unet or self.unet
@@ -343,6 +348,12 @@ class VideoWorldModel:
         b, c, _, h, w = context.shape
         g_i = cfg.image_guidance if image_guidance is None else image_guidance
         g_t = cfg.text_guidance if text_guidance is None else text_guidance
+        rescale = cfg.guidance_rescale if guidance_rescale is None else guidance_rescale
+        if not 0 <= rescale <= 1:
+            raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = plain CFG), got {rescale}")
+        if rescale and g_t == 0:
+            raise ValueError("guidance_rescale scales towards the text pass, which text_guidance 0 leaves out: "
+                             "set guidance_rescale 0 or a nonzero text_guidance")
         text = self.embed(texts)
         empty = self.empty_text(b)
         passes = [(1 - g_i, torch.zeros_like(context_len), empty), (g_i - g_t, context_len, empty),
@@ -360,7 +371,12 @@ class VideoWorldModel:
         for t in sampler.timesteps:
             sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)))
             out = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:]
-            guided = sum(weight * part for weight, part in zip(weights, out.chunk(len(passes))))
+            parts = out.chunk(len(passes))
+            guided = sum(weight * part for weight, part in zip(weights, parts))
+            if rescale:
+                dims = list(range(1, guided.ndim))
+                ratio = parts[-1].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+                guided = rescale * guided * ratio + (1 - rescale) * guided
             if cfg.prediction_type == "context_residual":
                 guided = self.residual_x0(latents, guided, t, context[:, :, -1:])
             latents = sampler.step(guided, t, latents).prev_sample
