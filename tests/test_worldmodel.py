@@ -272,6 +272,8 @@ def test_context_residual_output_zero_means_repeating_the_last_context_frame():
         VideoWorldModel(WorldModelConfig(**TINY, prediction_type="sample"))
     with pytest.raises(CheckpointError, match="sampler"):
         VideoWorldModel(WorldModelConfig(**TINY, sampler="euler"))
+    with pytest.raises(CheckpointError, match="guidance_rescale"):
+        VideoWorldModel(WorldModelConfig(**TINY, guidance_rescale=-0.5))
 
 
 def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):

@@ -73,7 +73,7 @@ class WorldModelConfig:
     text_guidance: float = 5.0
     # Lin et al. 2024 (Sec. 3.4) rescale of the guided output towards the text pass's standard
     # deviation, mixed in by this factor in [0, 1] (0 = plain CFG): strong guidance overshoots,
-    # which on retrace shows as pixels changing where nothing moves (measured: checkpoints/README.md).
+    # which on retrace shows as pixels changing where nothing moves (measured: README.md, Results).
     guidance_rescale: float = 0.0
     # What the UNet predicts. "v_prediction" (v = alpha eps - sigma x0): with
     # unit-variance latents the x0 estimate is alpha x_t - sigma v, so UNet errors are
@@ -208,6 +208,8 @@ class VideoWorldModel:
                                   "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
         if config.sampler not in SAMPLERS:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
+        if not 0 <= config.guidance_rescale <= 1:
+            raise CheckpointError(f"guidance_rescale {config.guidance_rescale} is not in [0, 1] (0 = plain CFG)")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         # What the UNet is conditioned on: (B,) texts -> (B, 1, dim).
