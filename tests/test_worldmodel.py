@@ -126,6 +126,47 @@ def test_latent_space_is_lossless_with_shift_and_scale():
     assert np.array_equal(model.latent.decode(latents), frames)
 
 
+def test_tile_aligned_latent_pads_losslessly_and_scrolls_crafter_by_whole_cells():
+    from envs.retrace_crafter import CrafterRetraceEnv
+
+    model = VideoWorldModel(WorldModelConfig(**TINY, latent_factor=7, latent_shift=-0.45, latent_scale=1.8))
+    env = CrafterRetraceEnv()
+    obs, _ = env.reset(seed=20)
+    frames, moves = [obs["rgb"].copy()], []
+    for action in [1] * 3 + [3] * 3:  # left, then up, where the terrain varies
+        before = env.player_pos()
+        obs, *_ = env.step(action)
+        frames.append(obs["rgb"].copy())
+        moves.append(env.player_pos() - before)
+    latents = model.latent.encode(np.stack(frames)[None])
+    assert latents.shape == (1, 147, 7, 10, 10)
+    assert np.array_equal(model.latent.decode(latents)[0], np.stack(frames))
+    for i, (dx, dy) in enumerate(moves):
+        # The view follows the player: the terrain moves one cell against the step. The
+        # player's cell and the one it left differ; every other inner cell matches exactly.
+        scrolled = torch.roll(latents[0, :, i], (-int(dy), -int(dx)), dims=(1, 2))[:, 1:8, 1:8]
+        same = ((scrolled - latents[0, :, i + 1, 1:8, 1:8]).abs().amax(0) < 1e-6).sum()
+        assert (dx, dy) != (0, 0) and same >= 47
+    with pytest.raises(CheckpointError, match="multiple of 2"):
+        VideoWorldModel(WorldModelConfig(**TINY, latent_factor=5))  # 13 cells cannot be halved
+
+
+def test_a_tile_latent_model_trains_saves_and_imagines_whole_frames(retrace_dataset, tmp_path):
+    root, _ = retrace_dataset
+    with pytest.raises(ValueError, match="--latent-factor"):
+        TrainConfig(latent_factor=0)
+    run_train(TrainConfig(task="retrace", data=str(root), out=str(tmp_path / "run"), max_steps=2, batch_size=2,
+                          val_episodes=1, warmup_steps=1, progress=False, latent_factor=7, block_out_channels=(16, 32),
+                          attention_head_dim=2, norm_num_groups=8, prediction_type="context_residual"))
+    model = VideoWorldModel.from_pretrained(tmp_path / "run")
+    assert (model.config.latent_factor, model.config.latent_size, model.config.latent_channels) == (7, 10, 147)
+    frames = load_dataset(root).load_episode(0)["frames"][:4]
+    chunk = model.generate_chunk(model.latent.encode(frames[None]), ["go left for 3 steps"], num_steps=2,
+                                 generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (1, 147, model.config.chunk_frames, 10, 10)
+    assert model.latent.decode(chunk).shape == (1, model.config.chunk_frames, 64, 64, 3)
+
+
 class OracleUNet(torch.nn.Module):
     """Returns the exact v, eps or residual output that leads every noised frame to ``clean``."""
 

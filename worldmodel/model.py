@@ -38,6 +38,8 @@ class CheckpointError(ValueError):
 @dataclass
 class WorldModelConfig:
     image_size: int = 64
+    # Pixels per latent cell side (`SpaceToDepth`): 4 gives 16x16 cells of 48 values; 7 gives
+    # retrace 10x10 cells, one Crafter tile each, so the view's one-tile scroll is a one-cell shift.
     latent_factor: int = 4
     latent_shift: float = 0.0
     latent_scale: float = 1.0
@@ -108,7 +110,7 @@ class WorldModelConfig:
 
     @property
     def latent_size(self) -> int:
-        return self.image_size // self.latent_factor
+        return -(-self.image_size // self.latent_factor)
 
     @property
     def window(self) -> int:
@@ -198,6 +200,12 @@ class VideoWorldModel:
     def __init__(self, config: WorldModelConfig, unet: UNet3DConditionModel | None = None,
                  text_encoder: TextEncoder | None = None):
         self.config = config
+        levels = len(config.block_out_channels)
+        if config.latent_size % 2 ** (levels - 1):
+            raise CheckpointError(f"a {levels}-level UNet halves its input {levels - 1} times, so the latent side "
+                                  f"must be a multiple of {2 ** (levels - 1)}: image_size {config.image_size} / "
+                                  f"latent_factor {config.latent_factor} gives {config.latent_size} (rounded up); "
+                                  "choose another latent_factor or fewer block_out_channels")
         self.unet = unet if unet is not None else build_unet(config)
         use_frame_axis_convs(self.unet)
         self.unet.set_attn_processor(SingleKeyAttnProcessor())
@@ -210,7 +218,7 @@ class VideoWorldModel:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
         if not 0 <= config.guidance_rescale <= 1:
             raise CheckpointError(f"guidance_rescale {config.guidance_rescale} is not in [0, 1] (0 = plain CFG)")
-        self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift)
+        self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift, config.image_size)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         # What the UNet is conditioned on: (B,) texts -> (B, 1, dim).
         self.embed = (WhitenedText(self.text_encoder, config.text_whitening) if config.text_whitening

@@ -78,6 +78,9 @@ class TrainConfig:
         "help": "noise schedule whose last step holds no signal (WorldModelConfig.zero_terminal_snr); with "
                 "--init-from, switches the checkpoint's schedule over"})
     context_frames: int = field(default=4, metadata={"help": "context window f_p max"})
+    latent_factor: int = field(default=4, metadata={
+        "help": "pixels per latent cell side (WorldModelConfig.latent_factor) of a new model; 7 aligns retrace's "
+                "cells with Crafter's 7-pixel tiles. --init-from keeps the checkpoint's"})
     block_out_channels: tuple[int, ...] = field(default=(48, 96), metadata={"help": "UNet widths"})
     attention_head_dim: int = field(default=4, metadata={"help": "UNet attention heads"})
     norm_num_groups: int = field(default=16, metadata={"help": "UNet GroupNorm groups"})
@@ -100,6 +103,8 @@ class TrainConfig:
                              f"{self.high_noise_portion} and {self.high_noise_weight}")
         if not (0 <= self.branch_portion < 1):
             raise ValueError(f"--branch-portion must be in [0, 1), got {self.branch_portion}")
+        if self.latent_factor < 1:
+            raise ValueError(f"--latent-factor must be >= 1, got {self.latent_factor}")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
 
@@ -253,8 +258,8 @@ def run_train(cfg: TrainConfig) -> dict:
     else:
         shift, scale = latent_stats_of(train_set)
         model = VideoWorldModel(WorldModelConfig(
-            image_size=int(data.info["image_size"]), context_frames=cfg.context_frames,
-            chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
+            image_size=int(data.info["image_size"]), latent_factor=cfg.latent_factor,
+            context_frames=cfg.context_frames, chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
             attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
             latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
             residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
