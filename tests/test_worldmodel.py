@@ -149,6 +149,8 @@ def test_tile_aligned_latent_pads_losslessly_and_scrolls_crafter_by_whole_cells(
         assert (dx, dy) != (0, 0) and same >= 47
     with pytest.raises(CheckpointError, match="multiple of 2"):
         VideoWorldModel(WorldModelConfig(**TINY, latent_factor=5))  # 13 cells cannot be halved
+    with pytest.raises(CheckpointError, match="latent_factor must be >= 1"):
+        VideoWorldModel(WorldModelConfig(**TINY, latent_factor=0))
 
 
 def test_a_tile_latent_model_trains_saves_and_imagines_whole_frames(retrace_dataset, tmp_path):

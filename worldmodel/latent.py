@@ -1,6 +1,6 @@
 """The latent space: a fixed, lossless space-to-depth (pixel_unshuffle) of the frames.
 
-64x64x3 uint8 frames become (64/f)^2 cells of f*f*3 values, shifted and scaled by the
+64x64x3 uint8 frames become ceil(64/f)^2 cells of f*f*3 values, shifted and scaled by the
 training data's pixel mean and std so they are centred with unit variance. Measured on
 this machine (README): a 4 M-param UNet3D at 16x16 costs ~0.2 s per batched 3-way CFG
 pass, while the same depth at 64x64 pixels is >10x slower; a trained VAE would add
@@ -26,7 +26,6 @@ class SpaceToDepth:
         self.factor = factor
         self.scale = scale
         self.shift = shift
-        self.image_size = image_size
         self.padding = math.ceil(image_size / factor) * factor - image_size
 
     def channels(self, image_channels: int = 3) -> int:

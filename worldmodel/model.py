@@ -201,6 +201,9 @@ class VideoWorldModel:
                  text_encoder: TextEncoder | None = None):
         self.config = config
         levels = len(config.block_out_channels)
+        if config.latent_factor < 1:
+            raise CheckpointError(f"latent_factor must be >= 1 (pixels per latent cell side), "
+                                  f"got {config.latent_factor}")
         if config.latent_size % 2 ** (levels - 1):
             raise CheckpointError(f"a {levels}-level UNet halves its input {levels - 1} times, so the latent side "
                                   f"must be a multiple of {2 ** (levels - 1)}: image_size {config.image_size} / "
