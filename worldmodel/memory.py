@@ -181,7 +181,7 @@ class EpisodeMemory:
     def __init__(self, model: VideoWorldModel, config: MemoryConfig | None = None):
         self.model = model
         self.config = config or MemoryConfig()
-        size, multiple = model.config.latent_size, 2 ** (len(model.config.block_out_channels) - 1)
+        size, multiple = model.config.latent_size, model.config.latent_multiple
         if self.config.crop and (self.config.crop > size or self.config.crop % multiple):
             raise EpisodeMemoryError(f"Temp-LoRA crop {self.config.crop} must be a multiple of {multiple} (the "
                                      f"UNet's downsampling) and at most the latent size {size}; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,12 @@ class WorldModelConfig:
 
     @property
     def latent_size(self) -> int:
-        return -(-self.image_size // self.latent_factor)
+        return math.ceil(self.image_size / self.latent_factor)
+
+    @property
+    def latent_multiple(self) -> int:
+        """What a latent side (or a crop of it) must be a multiple of: the UNet halves it once per extra level."""
+        return 2 ** (len(self.block_out_channels) - 1)
 
     @property
     def window(self) -> int:
@@ -200,13 +206,12 @@ class VideoWorldModel:
     def __init__(self, config: WorldModelConfig, unet: UNet3DConditionModel | None = None,
                  text_encoder: TextEncoder | None = None):
         self.config = config
-        levels = len(config.block_out_channels)
         if config.latent_factor < 1:
             raise CheckpointError(f"latent_factor must be >= 1 (pixels per latent cell side), "
                                   f"got {config.latent_factor}")
-        if config.latent_size % 2 ** (levels - 1):
-            raise CheckpointError(f"a {levels}-level UNet halves its input {levels - 1} times, so the latent side "
-                                  f"must be a multiple of {2 ** (levels - 1)}: image_size {config.image_size} / "
+        if config.latent_size % config.latent_multiple:
+            raise CheckpointError(f"a {len(config.block_out_channels)}-level UNet needs a latent side that is a "
+                                  f"multiple of {config.latent_multiple}: image_size {config.image_size} / "
                                   f"latent_factor {config.latent_factor} gives {config.latent_size} (rounded up); "
                                   "choose another latent_factor or fewer block_out_channels")
         self.unet = unet if unet is not None else build_unet(config)

@@ -259,7 +259,8 @@ def run_train(cfg: TrainConfig) -> dict:
         shift, scale = latent_stats_of(train_set)
         model = VideoWorldModel(WorldModelConfig(
             image_size=int(data.info["image_size"]), latent_factor=cfg.latent_factor,
-            context_frames=cfg.context_frames, chunk_frames=chunk_frames, block_out_channels=tuple(cfg.block_out_channels),
+            context_frames=cfg.context_frames, chunk_frames=chunk_frames,
+            block_out_channels=tuple(cfg.block_out_channels),
             attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
             latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
             residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
