@@ -122,6 +122,9 @@ COMMANDS = {
                  "slow-fast learning loop: finetune the base with frozen per-episode Temp-LoRA memories"),
     "generate": ("worldmodel.generate", "GenerateConfig", "run_generate",
                  "imagine a long video for a list of action texts from a simulator's first frame"),
+    "imagine": ("worldmodel.imagine", "ImagineConfig", "run_imagine",
+                "imagine a dataset's chunks with the world model, labelled with the true actions "
+                "(for train-idm --imagined-data)"),
     "plan": ("agent.plan", "PlanConfig", "run_plan",
              "plan and execute a long-horizon goal with the world model"),
     "evaluate": ("agent.evaluate", "EvaluateConfig", "run_evaluate",

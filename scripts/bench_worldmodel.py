@@ -135,7 +135,8 @@ def main() -> None:
     result = {"task": args.task, **{k: round(float(np.mean(v)), 3) for k, v in scores.items()}, **pooled,
               **{k: round(float(np.mean(v)), 3) for k, v in oracle.items() if v},
               **covered_scores(covered, range(len(kinds))),
-              **idm_scores(args.task, actions), "by_kind": by_kind(kinds, scores | oracle, covered),
+              **idm_scores(args.task, actions),
+              "by_kind": by_kind(kinds, scores | oracle, covered, actions, args.task, cfg.chunk_frames),
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
@@ -194,15 +195,18 @@ def covered_scores(covered: dict[str, list], chunks) -> dict:
             for key, name in (("covered_psnr", "model"), ("baseline_covered_psnr", "repeat"))}
 
 
-def by_kind(kinds: list[str], scores: dict[str, list], covered: dict[str, list]) -> dict:
+def by_kind(kinds: list[str], scores: dict[str, list], covered: dict[str, list], actions: dict[str, list],
+            task: str, chunk_frames: int) -> dict:
     """The chunk scores split by subgoal kind: a text that names the move (retrace "walk") against one that
     leaves it to memory ("retrace"), where true context and text alone cannot tell which way the chunk goes."""
     out = {}
     for kind in sorted(set(kinds)):
         picked = [i for i, k in enumerate(kinds) if k == kind]
+        transitions = [i * chunk_frames + f for i in picked for f in range(chunk_frames)]
         out[kind] = {"chunks": len(picked), **{k: round(float(np.mean([v[i] for i in picked])), 3)
                                                for k, v in scores.items() if v},
-                     **covered_scores(covered, picked)}
+                     **covered_scores(covered, picked),
+                     **idm_scores(task, {name: [got[t] for t in transitions] for name, got in actions.items()})}
     return out
 
 

@@ -27,6 +27,9 @@ def run(*args):
     (["fly"], "unknown command 'fly'"),
     (["train", "--data", "/nonexistent"], "slowfast collect"),
     (["train-idm", "--data", "/nonexistent"], "slowfast collect"),
+    (["train-idm", "--imagined-portion", "0"], "--imagined-portion must lie strictly between 0 and 1"),
+    (["imagine", "--task", "stack_cubes"], "unknown task 'stack_cubes'"),
+    (["imagine", "--data", "/nonexistent"], "slowfast collect"),
     (["finetune", "--from", "/nonexistent", "--data", "/nonexistent"], "slowfast collect"),
     (["evaluate", "--variants", "no-memory,lstm"], "unknown variant(s) lstm"),
     (["generate", "--checkpoint", "/nonexistent", "--actions", "stay"], "slowfast train"),
@@ -41,7 +44,7 @@ def test_bad_input_exits_nonzero_with_one_clear_line(args, message):
 
 
 def test_every_command_has_help():
-    for command in ("collect", "envs", "plan", "train", "train-idm", "finetune", "generate", "evaluate"):
+    for command in ("collect", "envs", "plan", "train", "train-idm", "finetune", "generate", "imagine", "evaluate"):
         result = run(command, "--help")
         assert result.returncode == 0 and "--seed" in result.stdout and "--out" in result.stdout
     for command in ("plan", "evaluate", "finetune"):  # one shared set of memory options, grouped
