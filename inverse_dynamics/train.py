@@ -9,8 +9,9 @@ held-out episodes, on clean frames and on augmented ones.
 the expert's actions) fills a share of every batch with imagined frame pairs, which is what
 the planner makes the IDM read; ``--init-from`` starts from a trained IDM, so a model that
 reads rendered frames can be taught to read imagined ones too. The imagined chunks of the
-last tenth of their source episodes are held out and scored (``val_imagined_*``). Run folder: ``OUT/config.yaml``,
-``OUT/log.csv``, ``OUT/state.pt`` (for ``--resume``), ``OUT/idm.json`` +
+last tenth of their source episodes are held out and scored (``val_imagined_*``).
+
+Run folder: ``OUT/config.yaml``, ``OUT/log.csv``, ``OUT/state.pt`` (for ``--resume``), ``OUT/idm.json`` +
 ``OUT/idm.safetensors`` (the model, fp16, with its normaliser).
 """
 
@@ -195,6 +196,9 @@ def run_train_idm(cfg: TrainIDMConfig) -> int:
     val_set = FramePairDataset(cfg.data, list(range(len(data) - val, len(data))))
     imagined_train, imagined_val = _imagined_split(cfg) if cfg.imagined_data else (None, None)
     imagined_batch = round(cfg.batch_size * cfg.imagined_portion) if imagined_train is not None else 0
+    if imagined_train is not None and not 1 <= imagined_batch < cfg.batch_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} with --imagined-portion {cfg.imagined_portion} leaves no "
+                         "room for both rendered and imagined pairs; raise --batch-size")
     continuous_dim, classes = action_spec(cfg.task)
     classes = int(data.info.get("action_classes") or classes)  # a first-person backend has its own moves
     train_episodes = [data.load_episode(e) for e in range(len(data) - val)]

@@ -128,6 +128,8 @@ def test_imagined_training_refuses_mismatched_inputs(imagined, tmp_path, capsys)
     cubes.save_pretrained(tmp_path / "cubes_idm")
     with pytest.raises(ValueError, match="--init-from .* is an IDM for return_cubes"):
         run_train_idm(TrainIDMConfig(**plain, out=str(tmp_path / "b"), init_from=str(tmp_path / "cubes_idm")))
+    with pytest.raises(ValueError, match="leaves no room for both rendered and imagined pairs"):
+        run_train_idm(TrainIDMConfig(**{**plain, "batch_size": 1}, out=str(tmp_path / "d"), imagined_data=cfg.out))
     with pytest.raises(ValueError, match="--imagined-portion must lie strictly between 0 and 1"):
         TrainIDMConfig(imagined_portion=1.0)
     assert main(["imagine", "--task", "retrace", "--data", str(root), "--checkpoint", str(tmp_path / "none"),
