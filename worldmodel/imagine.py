@@ -65,19 +65,17 @@ class ImagineConfig:
             raise ValueError(f"--episodes must be >= 0, got {self.episodes}")
 
 
-def imagined_chunks(source, model: VideoWorldModel, episodes: list[int], return_kinds: tuple[str, ...],
-                    return_chunks: bool):
-    """(source episode, chunk number, start, subgoal, context frames) for every chunk to imagine."""
-    chunk, fc = model.config.chunk_frames, model.config.context_frames
+def imagined_chunks(source, chunk: int, episodes: list[int], return_kinds: tuple[str, ...],
+                    return_chunks: bool) -> list[tuple[int, int, int, dict]]:
+    """(source episode, chunk number, start, subgoal) for every chunk to imagine, in order."""
+    out = []
     for e in episodes:
-        episode = source.load_episode(e)
-        subgoals = source.episodes[e]["subgoals"]
-        starts = range(0, source.episodes[e]["length"] - chunk + 1, chunk)
-        for k, start in enumerate(starts):
-            subgoal = subgoals[int(episode["subgoal_index"][start])]
-            if subgoal["kind"] in return_kinds and not return_chunks:
-                continue
-            yield e, k, start, subgoal, episode["frames"][max(0, start + 1 - fc):start + 1]
+        subgoal_index = source.load_episode(e)["subgoal_index"]
+        for k, start in enumerate(range(0, source.episodes[e]["length"] - chunk + 1, chunk)):
+            subgoal = source.episodes[e]["subgoals"][int(subgoal_index[start])]
+            if return_chunks or subgoal["kind"] not in return_kinds:
+                out.append((e, k, start, subgoal))
+    return out
 
 
 def _partial_run(out: Path, cfg: ImagineConfig) -> list[dict]:
@@ -117,14 +115,15 @@ def run_imagine(cfg: ImagineConfig) -> int:
         raise ValueError(f"the world model imagines {model.config.chunk_frames}-frame chunks, the dataset has "
                          f"{source.info['chunk_frames']}-frame chunks; collect data for this model")
     episodes = list(range(min(cfg.episodes, len(source)) if cfg.episodes else len(source)))
-    todo = list(imagined_chunks(source, model, episodes, tasks.get(cfg.task).RETURN_KINDS, cfg.return_chunks))
-    chunk = model.config.chunk_frames
+    chunk, fc = model.config.chunk_frames, model.config.context_frames
+    todo = imagined_chunks(source, chunk, episodes, tasks.get(cfg.task).RETURN_KINDS, cfg.return_chunks)
     lines = _partial_run(out, cfg)
     index_file = (out / "meta" / "episodes.jsonl").open("a")
     seconds = []
-    for e, k, start, subgoal, context in tqdm(todo[len(lines):], desc=f"imagine {cfg.task}", unit="chunk",
-                                              disable=not cfg.progress):
+    for e, k, start, subgoal in tqdm(todo[len(lines):], desc=f"imagine {cfg.task}", unit="chunk",
+                                     disable=not cfg.progress):
         episode = source.load_episode(e)
+        context = episode["frames"][max(0, start + 1 - fc):start + 1]
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + e * 1000 + k)
         began = time.perf_counter()
         latents = model.generate_chunk(model.latent.encode(context[None]), [subgoal["text"]], generator=generator)
