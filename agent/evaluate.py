@@ -60,6 +60,8 @@ CLAIMS = (("slow-fast", "temp-lora"), ("temp-lora", "no-memory"), ("slow-fast", 
           ("slow-fast", "anchor-frame"), ("anchor-frame", "no-memory"), ("no-memory", "no-op"))
 # The first half of each task, without which a small distance means nothing: metric key -> table column.
 FIRST_PHASE = {"moved_away": "moved aside", "went_out": "went out"}
+# How much of the return went the remembered way, which the distance blurs (retrace).
+RETURN_PHASE = {"legs_retraced": "legs retraced"}
 
 
 @dataclass
@@ -155,6 +157,11 @@ def summarise(per_episode: list[dict]) -> dict:
                 row[key] = e["metric"][key]
                 if "max_displacement" in e["metric"]:
                     row["max_displacement"] = e["metric"]["max_displacement"]
+    for key in RETURN_PHASE:
+        if all(key in e.get("metric", {}) for e in per_episode):
+            summary[f"{key}_rate"] = float(np.mean([e["metric"][key] for e in per_episode]))
+            for row, e in zip(summary["per_episode"], per_episode):
+                row[key] = e["metric"][key]
     return summary
 
 
@@ -181,13 +188,13 @@ def paired_claims(variants: dict) -> list[dict]:
 
 def write_table(results: dict, path: Path) -> None:
     unit = "m" if results["task"] == "return_cubes" else "blocks"
-    phase = next((key for key in FIRST_PHASE if all(f"{key}_rate" in row for row in results["variants"].values())),
-                 None)
-    lines = [f"| variant | distance ({unit}) mean ± std | " + (f"{FIRST_PHASE[phase]} | " if phase else "")
-             + "success | s / episode |", "| --- | --- | " + ("--- | " if phase else "") + "--- | --- |"]
+    titles = FIRST_PHASE | RETURN_PHASE
+    columns = [key for key in titles if all(f"{key}_rate" in row for row in results["variants"].values())]
+    lines = [f"| variant | distance ({unit}) mean ± std | " + "".join(f"{titles[k]} | " for k in columns)
+             + "success | s / episode |", "| --- | --- | " + "--- | " * len(columns) + "--- | --- |"]
     for name, row in results["variants"].items():
         lines.append(f"| {name} | {row['distance_mean']:.4f} ± {row['distance_std']:.4f} | "
-                     + (f"{row[f'{phase}_rate']:.0%} | " if phase else "")
+                     + "".join(f"{row[f'{k}_rate']:.0%} | " for k in columns)
                      + f"{row['success_rate']:.0%} | {row['seconds_per_episode']:.1f} |")
     if results.get("paired"):
         lines += ["", "Paired over seeds (A - B; negative: A ends nearer):", "",

@@ -127,6 +127,32 @@ def waypoints(outbound: np.ndarray) -> np.ndarray:
     return np.asarray(outbound)[picks]
 
 
+def leg_headings(outbound: np.ndarray) -> np.ndarray:
+    """Unit step of each leg of a path of tiles (consecutive legs never share a direction)."""
+    steps = np.diff(np.asarray(outbound, dtype=int).reshape(-1, 2), axis=0)
+    starts = [0] + [i for i in range(1, len(steps)) if not np.array_equal(steps[i], steps[i - 1])]
+    return steps[starts]
+
+
+def retraced_legs(outbound: np.ndarray, return_trajectory: np.ndarray) -> list[bool]:
+    """Whether each return chunk headed back along its leg (the last leg first).
+
+    The return gives one chunk a leg (``frames_for``), so chunk j should undo leg L-1-j: its
+    net displacement must point mostly that way. The first is readable off the walk the context
+    frames show; the later ones need the memory of the way out, which the distance blurs.
+    """
+    trajectory = np.asarray(return_trajectory, dtype=float).reshape(-1, 2)
+    out = []
+    for j, heading in enumerate(-leg_headings(outbound)[::-1]):
+        begin = j * CHUNK_FRAMES
+        if begin >= len(trajectory) - 1:
+            break
+        moved = trajectory[min(begin + CHUNK_FRAMES, len(trajectory) - 1)] - trajectory[begin]
+        along = float(moved @ heading)
+        out.append(along > abs(float(moved @ heading[::-1])))
+    return out
+
+
 def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_trajectory: np.ndarray) -> dict:
     """Mean over waypoints of the closest approach of the return trajectory (blocks).
 
@@ -144,6 +170,7 @@ def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_traject
     gaps, outbound_gaps = closest_approach(return_trajectory), closest_approach(outbound_trajectory)
     final = float(np.linalg.norm(np.asarray(return_trajectory, dtype=float).reshape(-1, 2)[-1] - points[0]))
     went_out = bool(outbound_gaps[-1] <= SUCCESS_RADIUS)
+    retraced = retraced_legs(outbound, return_trajectory)
     return {
         "distance": float(gaps.mean()),
         "per_waypoint": [float(g) for g in gaps],
@@ -151,4 +178,6 @@ def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_traject
         "went_out": went_out,
         "final_distance": final,
         "success": went_out and final <= SUCCESS_RADIUS,
+        "retraced_per_leg": retraced,
+        "legs_retraced": float(np.mean(retraced)) if retraced else 0.0,
     }

@@ -188,7 +188,9 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
         points = retrace.waypoints(env.outbound_path())
         env.close()
         assert row["distance"] == pytest.approx(np.linalg.norm(points - points[0], axis=1).mean())
-    assert "| went out |" in (tmp_path / "eval" / "table.md").read_text()
+    # The expert undoes every leg in turn; standing still undoes none.
+    assert results["variants"]["expert"]["legs_retraced_rate"] == 1.0 and no_op["legs_retraced_rate"] == 0.0
+    assert "| went out | legs retraced |" in (tmp_path / "eval" / "table.md").read_text()
     assert [(c["a"], c["b"], c["episodes"]) for c in results["paired"]] == [("temp-lora", "no-memory", 2),
                                                                           ("no-memory", "no-op", 2)]
     for row in results["variants"].values():

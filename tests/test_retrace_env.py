@@ -58,6 +58,7 @@ def test_expert_retraces_exactly(retrace_dataset):
     episode = data.load_episode(0)
     meta = data.episodes[0]
     assert meta["metric"]["success"] and meta["metric"]["final_distance"] == 0.0
+    assert meta["metric"]["legs_retraced"] == 1.0
     assert np.array_equal(episode["obs_pos"][0], episode["obs_pos"][-1])
     assert meta["subgoals"][-1]["text"] == retrace.RETRACE_TEXT
     legs = len(meta["subgoals"]) - 1
@@ -85,6 +86,30 @@ def test_metric_uses_closest_approach_to_waypoints_and_success_needs_the_walk_ou
     assert short["went_out"] and short["success"]
     shorter = retrace.metric(outbound, outbound[:-2], outbound[-3::-1])  # two blocks early
     assert not shorter["went_out"] and not shorter["success"]
+
+
+def test_retraced_legs_checks_each_return_chunk_against_its_leg_reversed():
+    legs = [retrace.Leg("right", 4), retrace.Leg("down", 2), retrace.Leg("left", 3)]
+    outbound = retrace.path_of(np.array([0, 0]), legs)
+    assert retrace.leg_headings(outbound).tolist() == [[1, 0], [0, 1], [-1, 0]]
+
+    def walk(position, moves):  # one chunk a leg, each padded with stays
+        trajectory = [np.asarray(position)]
+        for direction, steps in moves:
+            step = np.array(retrace.DIRECTIONS[direction]) if direction else np.zeros(2, int)
+            for i in range(CHUNK_FRAMES):
+                trajectory.append(trajectory[-1] + step * (i < steps))
+        return np.stack(trajectory)
+
+    back = walk(outbound[-1], [("right", 3), ("up", 2), ("left", 4)])
+    assert retrace.retraced_legs(outbound, back) == [True, True, True]
+    assert retrace.metric(outbound, outbound, back)["legs_retraced"] == 1.0
+    wrong_turn = walk(outbound[-1], [("right", 3), ("down", 2), (None, 0)])
+    assert retrace.retraced_legs(outbound, wrong_turn) == [True, False, False]
+    stood = retrace.metric(outbound, outbound, outbound[-1:])
+    assert stood["retraced_per_leg"] == [] and stood["legs_retraced"] == 0.0
+    sideways = np.array([outbound[-1]] * 4 + [outbound[-1] + [1, 0]] * 3 + [outbound[-1] + [1, -1]] * 2)
+    assert retrace.retraced_legs(outbound, sideways) == [False]  # as far aside as back is no heading
 
 
 def test_bfs_goes_around_obstacles():
