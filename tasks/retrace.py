@@ -134,23 +134,24 @@ def leg_headings(outbound: np.ndarray) -> np.ndarray:
     return steps[starts]
 
 
-def retraced_legs(outbound: np.ndarray, return_trajectory: np.ndarray) -> list[bool]:
-    """Whether each return chunk headed back along its leg (the last leg first).
+def return_chunk_moves(outbound: np.ndarray, return_trajectory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Net move of each return chunk and the heading it should have had (the last leg undone first).
 
-    The return gives one chunk a leg (``frames_for``), so chunk j should undo leg L-1-j: its
-    net displacement must point mostly that way. The first is readable off the walk the context
-    frames show; the later ones need the memory of the way out, which the distance blurs.
+    The return gives one chunk a leg (``frames_for``), so chunk j should undo leg L-1-j. The
+    first can read its way off the walk the context frames show; the later ones need the memory
+    of the way out, which the distance blurs.
     """
     trajectory = np.asarray(return_trajectory, dtype=float).reshape(-1, 2)
-    out = []
-    for j, heading in enumerate(-leg_headings(outbound)[::-1]):
-        begin = j * CHUNK_FRAMES
-        if begin >= len(trajectory) - 1:
-            break
-        moved = trajectory[min(begin + CHUNK_FRAMES, len(trajectory) - 1)] - trajectory[begin]
-        along = float(moved @ heading)
-        out.append(along > abs(float(moved @ heading[::-1])))
-    return out
+    headings = -leg_headings(outbound)[::-1]
+    begins = [j * CHUNK_FRAMES for j in range(len(headings)) if j * CHUNK_FRAMES < len(trajectory) - 1]
+    moves = [trajectory[min(b + CHUNK_FRAMES, len(trajectory) - 1)] - trajectory[b] for b in begins]
+    return np.reshape(moves, (-1, 2)), headings[:len(moves)]
+
+
+def retraced_legs(outbound: np.ndarray, return_trajectory: np.ndarray) -> list[bool]:
+    """Whether each return chunk's net move points mostly (strictly) along its heading."""
+    moves, headings = return_chunk_moves(outbound, return_trajectory)
+    return [float(m @ h) > abs(float(m @ h[::-1])) for m, h in zip(moves, headings)]
 
 
 def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_trajectory: np.ndarray) -> dict:
@@ -170,6 +171,7 @@ def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_traject
     gaps, outbound_gaps = closest_approach(return_trajectory), closest_approach(outbound_trajectory)
     final = float(np.linalg.norm(np.asarray(return_trajectory, dtype=float).reshape(-1, 2)[-1] - points[0]))
     went_out = bool(outbound_gaps[-1] <= SUCCESS_RADIUS)
+    moves, _ = return_chunk_moves(outbound, return_trajectory)
     retraced = retraced_legs(outbound, return_trajectory)
     return {
         "distance": float(gaps.mean()),
@@ -178,6 +180,7 @@ def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_traject
         "went_out": went_out,
         "final_distance": final,
         "success": went_out and final <= SUCCESS_RADIUS,
+        "return_chunk_moves": moves.astype(int).tolist(),
         "retraced_per_leg": retraced,
         "legs_retraced": float(np.mean(retraced)) if retraced else 0.0,
     }

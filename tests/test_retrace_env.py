@@ -104,6 +104,7 @@ def test_retraced_legs_checks_each_return_chunk_against_its_leg_reversed():
     back = walk(outbound[-1], [("right", 3), ("up", 2), ("left", 4)])
     assert retrace.retraced_legs(outbound, back) == [True, True, True]
     assert retrace.metric(outbound, outbound, back)["legs_retraced"] == 1.0
+    assert retrace.metric(outbound, outbound, back)["return_chunk_moves"] == [[3, 0], [0, -2], [-4, 0]]
     wrong_turn = walk(outbound[-1], [("right", 3), ("down", 2), (None, 0)])
     assert retrace.retraced_legs(outbound, wrong_turn) == [True, False, False]
     stood = retrace.metric(outbound, outbound, outbound[-1:])
