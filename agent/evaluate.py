@@ -150,18 +150,13 @@ def summarise(per_episode: list[dict]) -> dict:
                "success_rate": float(np.mean([e["success"] for e in per_episode])),
                "seconds_per_episode": float(np.mean([e["seconds"] for e in per_episode])),
                "per_episode": [{k: e[k] for k in ("seed", "distance", "success")} for e in per_episode]}
-    for key in FIRST_PHASE:
+    for key in (*FIRST_PHASE, *RETURN_PHASE):
         if all(key in e.get("metric", {}) for e in per_episode):
             summary[f"{key}_rate"] = float(np.mean([e["metric"][key] for e in per_episode]))
             for row, e in zip(summary["per_episode"], per_episode):
                 row[key] = e["metric"][key]
-                if "max_displacement" in e["metric"]:
+                if key in FIRST_PHASE and "max_displacement" in e["metric"]:
                     row["max_displacement"] = e["metric"]["max_displacement"]
-    for key in RETURN_PHASE:
-        if all(key in e.get("metric", {}) for e in per_episode):
-            summary[f"{key}_rate"] = float(np.mean([e["metric"][key] for e in per_episode]))
-            for row, e in zip(summary["per_episode"], per_episode):
-                row[key] = e["metric"][key]
     return summary
 
 
