@@ -137,9 +137,9 @@ def leg_headings(outbound: np.ndarray) -> np.ndarray:
 def return_chunk_moves(outbound: np.ndarray, return_trajectory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Net move of each return chunk and the heading it should have had (the last leg undone first).
 
-    The return gives one chunk a leg (``frames_for``), so chunk j should undo leg L-1-j. The
-    first can read its way off the walk the context frames show; the later ones need the memory
-    of the way out, which the distance blurs.
+    The return gives one chunk a leg (``frames_for``), so chunk j should undo leg L-1-j; which
+    way that is comes from the memory of the way out (for the first chunk, also from the last
+    leg's motion if the context frames still show it), and the distance blurs it.
     """
     trajectory = np.asarray(return_trajectory, dtype=float).reshape(-1, 2)
     headings = -leg_headings(outbound)[::-1]
@@ -148,9 +148,8 @@ def return_chunk_moves(outbound: np.ndarray, return_trajectory: np.ndarray) -> t
     return np.reshape(moves, (-1, 2)), headings[:len(moves)]
 
 
-def retraced_legs(outbound: np.ndarray, return_trajectory: np.ndarray) -> list[bool]:
-    """Whether each return chunk's net move points mostly (strictly) along its heading."""
-    moves, headings = return_chunk_moves(outbound, return_trajectory)
+def heads_back(moves: np.ndarray, headings: np.ndarray) -> list[bool]:
+    """Whether each net move points mostly (strictly) along its heading."""
     return [float(m @ h) > abs(float(m @ h[::-1])) for m, h in zip(moves, headings)]
 
 
@@ -171,8 +170,8 @@ def metric(outbound: np.ndarray, outbound_trajectory: np.ndarray, return_traject
     gaps, outbound_gaps = closest_approach(return_trajectory), closest_approach(outbound_trajectory)
     final = float(np.linalg.norm(np.asarray(return_trajectory, dtype=float).reshape(-1, 2)[-1] - points[0]))
     went_out = bool(outbound_gaps[-1] <= SUCCESS_RADIUS)
-    moves, _ = return_chunk_moves(outbound, return_trajectory)
-    retraced = retraced_legs(outbound, return_trajectory)
+    moves, headings = return_chunk_moves(outbound, return_trajectory)
+    retraced = heads_back(moves, headings)
     return {
         "distance": float(gaps.mean()),
         "per_waypoint": [float(g) for g in gaps],

@@ -88,7 +88,7 @@ def test_metric_uses_closest_approach_to_waypoints_and_success_needs_the_walk_ou
     assert not shorter["went_out"] and not shorter["success"]
 
 
-def test_retraced_legs_checks_each_return_chunk_against_its_leg_reversed():
+def test_legs_retraced_checks_each_return_chunk_against_its_leg_reversed():
     legs = [retrace.Leg("right", 4), retrace.Leg("down", 2), retrace.Leg("left", 3)]
     outbound = retrace.path_of(np.array([0, 0]), legs)
     assert retrace.leg_headings(outbound).tolist() == [[1, 0], [0, 1], [-1, 0]]
@@ -102,15 +102,15 @@ def test_retraced_legs_checks_each_return_chunk_against_its_leg_reversed():
         return np.stack(trajectory)
 
     back = walk(outbound[-1], [("right", 3), ("up", 2), ("left", 4)])
-    assert retrace.retraced_legs(outbound, back) == [True, True, True]
-    assert retrace.metric(outbound, outbound, back)["legs_retraced"] == 1.0
-    assert retrace.metric(outbound, outbound, back)["return_chunk_moves"] == [[3, 0], [0, -2], [-4, 0]]
+    retraced = retrace.metric(outbound, outbound, back)
+    assert retraced["retraced_per_leg"] == [True, True, True] and retraced["legs_retraced"] == 1.0
+    assert retraced["return_chunk_moves"] == [[3, 0], [0, -2], [-4, 0]]
     wrong_turn = walk(outbound[-1], [("right", 3), ("down", 2), (None, 0)])
-    assert retrace.retraced_legs(outbound, wrong_turn) == [True, False, False]
+    assert retrace.metric(outbound, outbound, wrong_turn)["retraced_per_leg"] == [True, False, False]
     stood = retrace.metric(outbound, outbound, outbound[-1:])
     assert stood["retraced_per_leg"] == [] and stood["legs_retraced"] == 0.0
     sideways = np.array([outbound[-1]] * 4 + [outbound[-1] + [1, 0]] * 3 + [outbound[-1] + [1, -1]] * 2)
-    assert retrace.retraced_legs(outbound, sideways) == [False]  # as far aside as back is no heading
+    assert retrace.metric(outbound, outbound, sideways)["retraced_per_leg"] == [False]  # as far aside as back
 
 
 def test_bfs_goes_around_obstacles():
