@@ -126,9 +126,9 @@ def test_outer_chunks_return_learns_only_the_return_phase(retrace_dataset, tmp_p
     for outer_chunks in ("all", "return"):
         kinds = learned[outer_chunks] = []
 
-        def counting(model, memory, snapshot, next_chunk, samples, generator, kinds=kinds):
+        def counting(model, memory, snapshot, next_chunk, samples, generator, weights, kinds=kinds):
             kinds.append(next_chunk["kind"])
-            return original(model, memory, snapshot, next_chunk, samples, generator)
+            return original(model, memory, snapshot, next_chunk, samples, generator, weights)
 
         monkeypatch.setattr(slowfast, "outer_loss", counting)
         assert run_finetune(FinetuneConfig(task="retrace", from_checkpoint=str(base), data=str(root),
@@ -139,3 +139,39 @@ def test_outer_chunks_return_learns_only_the_return_phase(retrace_dataset, tmp_p
     assert learned["return"] == [k for k in learned["all"] if k == "retrace"]
     with pytest.raises(ValueError, match="--outer-chunks"):
         FinetuneConfig(outer_chunks="late")
+
+
+def test_high_noise_loop_trains_and_validates_the_return_at_the_top_of_the_schedule(retrace_dataset, tmp_path,
+                                                                                    monkeypatch):
+    import worldmodel.slowfast as slowfast
+
+    root, _ = retrace_dataset
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    VideoWorldModel(WorldModelConfig(**{**TINY, "task": "retrace"})).save_pretrained(base)
+    original_outer, original_loss = slowfast.outer_loss, VideoWorldModel.training_loss
+    seen = {}
+    for name, bias in (("uniform", {}), ("high", dict(high_noise_portion=0.3, high_noise_weight=1e6))):
+        calls = seen[name] = []
+
+        def outer(model, memory, snapshot, next_chunk, samples, generator, weights, calls=calls):
+            calls.append({"kind": next_chunk["kind"]})
+            return original_outer(model, memory, snapshot, next_chunk, samples, generator, weights)
+
+        def loss(self, context, context_len, target, text, generator=None, timesteps=None, calls=calls):
+            calls[-1]["timesteps"] = timesteps
+            return original_loss(self, context, context_len, target, text, generator, timesteps)
+
+        monkeypatch.setattr(slowfast, "outer_loss", outer)
+        monkeypatch.setattr(VideoWorldModel, "training_loss", loss)
+        assert run_finetune(FinetuneConfig(task="retrace", from_checkpoint=str(base), data=str(root),
+                                           out=str(tmp_path / name), val_episodes=1, save_every=1, noise_samples=4,
+                                           memory_rank=4, max_episodes=1, outer_chunks="return", progress=False,
+                                           **bias)) == 0
+    # uniform levels are drawn inside training_loss, as before the option existed
+    assert all(c["timesteps"] is None for c in seen["uniform"])
+    # training (episode 0) and validation (episode 1, with and without memory): return pairs only, t >= 700
+    assert len(seen["high"]) == len(seen["uniform"]) and {c["kind"] for c in seen["high"]} == {"retrace"}
+    assert all(bool((c["timesteps"] >= 700).all()) for c in seen["high"])
+    with pytest.raises(ValueError, match="--high-noise"):
+        FinetuneConfig(high_noise_portion=0.3, high_noise_weight=0.0)

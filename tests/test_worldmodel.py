@@ -13,7 +13,7 @@ from envs.dataset import load_dataset
 from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, VideoWorldModel, WorldModelConfig,
                               build_unet, with_text_in_time_embedding)
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
-from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train, timestep_weights
+from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
 TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
 
@@ -381,8 +381,8 @@ def test_lr_schedule_warms_up_holds_then_decays_to_zero():
 
 
 def test_high_noise_bias_draws_the_top_of_the_schedule_as_often_as_asked():
-    assert torch.equal(timestep_weights(TrainConfig(), 1000), torch.ones(1000))
-    weights = timestep_weights(TrainConfig(high_noise_portion=0.3, high_noise_weight=3.0), 1000)
+    assert torch.equal(TrainConfig().timestep_weights(1000), torch.ones(1000))
+    weights = TrainConfig(high_noise_portion=0.3, high_noise_weight=3.0).timestep_weights(1000)
     assert weights[:700].eq(1).all() and weights[700:].eq(3).all()
     draws = torch.multinomial(weights, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
     assert (draws >= 700).float().mean().item() == pytest.approx(0.9 / 1.6, abs=0.01)

@@ -42,11 +42,11 @@ from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
 from worldmodel.memory import TARGETS, EpisodeMemory, MemoryConfig, MemoryOverrides, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
-from worldmodel.train import averaged
+from worldmodel.train import NoiseLevelBias, averaged
 
 
 @dataclass
-class FinetuneConfig(MemoryOverrides):
+class FinetuneConfig(MemoryOverrides, NoiseLevelBias):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     from_checkpoint: str = field(default="checkpoints/return_cubes/worldmodel",
                                  metadata={"flag": "--from", "help": "slow-learned world model to start from"})
@@ -82,6 +82,7 @@ class FinetuneConfig(MemoryOverrides):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        self.check_noise_levels()
         if self.outer_chunks not in ("all", "return"):
             raise ValueError(f"--outer-chunks must be all or return, got {self.outer_chunks!r}")
 
@@ -116,27 +117,36 @@ def inner_loop(memory: EpisodeMemory, chunks: list[dict]) -> list[dict[str, torc
 
 
 def outer_loss(model: VideoWorldModel, memory: EpisodeMemory, snapshot: dict, next_chunk: dict,
-               samples: int, generator: torch.Generator) -> torch.Tensor:
+               samples: int, generator: torch.Generator, timestep_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``timestep_weights`` None: uniform noise levels, drawn as before the weights existed."""
     memory.load_state_dict({k: v.float() for k, v in snapshot.items()})
     rep = lambda x: x.repeat(samples, *([1] * (x.dim() - 1)))  # noqa: E731
     text = model.embed([next_chunk["text"]] * samples)
+    timesteps = None if timestep_weights is None else torch.multinomial(
+        timestep_weights, samples, replacement=True, generator=generator)
     return model.training_loss(rep(next_chunk["context"]), rep(next_chunk["context_len"]),
-                               rep(next_chunk["target"]), text, generator)
+                               rep(next_chunk["target"]), text, generator, timesteps)
+
+
+def outer_pairs(chunks: list[dict], kinds: tuple[str, ...] | None) -> list[int]:
+    """The i whose pair X_i -> X_{i+1} the outer loss learns: all, or those whose X_{i+1} is of ``kinds``."""
+    return [i for i in range(len(chunks) - 1) if kinds is None or chunks[i + 1]["kind"] in kinds]
 
 
 @torch.no_grad()
-def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int) -> dict:
-    """Loss on held-out pairs with the episode's own memory, and with the adapter zeroed."""
+def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int,
+               kinds: tuple[str, ...] | None, timestep_weights: torch.Tensor | None) -> dict:
+    """Loss on the held-out pairs and noise levels the outer loss learns, with the episode's
+    own memory and with the adapter zeroed (the same noise for both)."""
     with_memory, without = [], []
     for chunks in episodes:
         with torch.enable_grad():
             snapshots = inner_loop(memory, chunks)
         zero = {k: torch.zeros_like(v) for k, v in snapshots[0].items()}
-        for i in range(len(chunks) - 1):
-            g = torch.Generator().manual_seed(seed + i)
-            with_memory.append(outer_loss(model, memory, snapshots[i], chunks[i + 1], 2, g).item())
-            g = torch.Generator().manual_seed(seed + i)
-            without.append(outer_loss(model, memory, zero, chunks[i + 1], 2, g).item())
+        for i in outer_pairs(chunks, kinds):
+            for snapshot, losses in ((snapshots[i], with_memory), (zero, without)):
+                g = torch.Generator().manual_seed(seed + i)
+                losses.append(outer_loss(model, memory, snapshot, chunks[i + 1], 2, g, timestep_weights).item())
     return {"val_loss_memory": float(np.mean(with_memory)), "val_loss_no_memory": float(np.mean(without))}
 
 
@@ -187,7 +197,10 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                                                    "val_loss_memory", "val_loss_no_memory", "inner_seconds",
                                                    "outer_seconds"], cfg.resume, done)
     schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
-    return_kinds = tasks.get(cfg.task).RETURN_KINDS
+    kinds = tasks.get(cfg.task).RETURN_KINDS if cfg.outer_chunks == "return" else None
+    # Uniform levels keep the draws (and so the runs) of the loop before the option existed.
+    biased = cfg.high_noise_portion > 0 and cfg.high_noise_weight != 1
+    weights = cfg.timestep_weights(model.config.num_train_timesteps) if biased else None
     bar = tqdm(total=len(schedule), initial=done, desc=f"finetune {cfg.task}", unit="episode",
                disable=not cfg.progress)
     generator = torch.Generator()
@@ -209,11 +222,9 @@ def run_finetune(cfg: FinetuneConfig) -> int:
             p.requires_grad_(False)
         unet.train()
         losses = []
-        for i in range(len(chunks) - 1):
-            if cfg.outer_chunks == "return" and chunks[i + 1]["kind"] not in return_kinds:
-                continue
+        for i in outer_pairs(chunks, kinds):
             generator.manual_seed(cfg.seed * 1_000_003 + done * 1_000 + i)
-            loss = outer_loss(model, memory, snapshots[i], chunks[i + 1], cfg.noise_samples, generator)
+            loss = outer_loss(model, memory, snapshots[i], chunks[i + 1], cfg.noise_samples, generator, weights)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss in episode {episode}; resume with a lower --lr")
             accelerator.backward(loss)
@@ -234,7 +245,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
             (state_dir / "progress.json").write_text(json.dumps({"episodes_done": done}))
             with averaged(ema, base_parameters(unet)):
                 if val_chunks:
-                    val = validation(model, memory, val_chunks, cfg.seed)
+                    val = validation(model, memory, val_chunks, cfg.seed, kinds, weights)
                 clean = build_unet(model.config)
                 clean.load_state_dict(base_state_dict(accelerator.unwrap_model(unet)))
             VideoWorldModel(model.config, clean, model.text_encoder).save_pretrained(out)

@@ -34,7 +34,32 @@ from worldmodel.model import PREDICTION_TYPES, VideoWorldModel, WorldModelConfig
 
 
 @dataclass
-class TrainConfig:
+class NoiseLevelBias:
+    """Which noise levels a diffusion loss trains on (slow training and the slow-fast loop)."""
+    high_noise_portion: float = field(default=0.0, metadata={
+        "group": "noise levels",
+        "help": "top fraction of the noise schedule sampled --high-noise-weight times as often as the rest; "
+                "only there does x_t hide where the chunk goes, so only there must the model read its "
+                "conditioning (the text, the memory)"})
+    high_noise_weight: float = field(default=1.0, metadata={
+        "group": "noise levels", "help": "see --high-noise-portion; 1 = uniform"})
+
+    def check_noise_levels(self) -> None:
+        if not (0 <= self.high_noise_portion < 1) or self.high_noise_weight <= 0:
+            raise ValueError("--high-noise-portion must be in [0, 1) and --high-noise-weight > 0, got "
+                             f"{self.high_noise_portion} and {self.high_noise_weight}")
+
+    def timestep_weights(self, num_timesteps: int) -> torch.Tensor:
+        """Sampling weight of each training timestep: the top ``high_noise_portion`` of the
+        schedule weighs ``high_noise_weight``, the rest 1 (as diffusers' SDXL example's "later"
+        timestep bias)."""
+        weights = torch.ones(num_timesteps)
+        weights[num_timesteps - int(round(self.high_noise_portion * num_timesteps)):] = self.high_noise_weight
+        return weights
+
+
+@dataclass
+class TrainConfig(NoiseLevelBias):
     task: str = field(default="return_cubes", metadata={"help": "task the data was collected for"})
     data: str = field(default="data/return_cubes", metadata={"help": "dataset folder from `slowfast collect`"})
     out: str = field(default="runs/worldmodel", metadata={"help": "run folder (checkpoint + logs)"})
@@ -52,10 +77,6 @@ class TrainConfig:
     context_noise: float = field(default=0.0, metadata={
         "help": "max std (latent units) of Gaussian noise added to the context, level uniform per sample, so the "
                 "model learns to correct its own errors in long open-loop rollouts; 0 = off"})
-    high_noise_portion: float = field(default=0.0, metadata={
-        "help": "top fraction of the noise schedule sampled --high-noise-weight times as often as the rest; "
-                "only there does x_t hide where the chunk goes, so only there must the model read the text"})
-    high_noise_weight: float = field(default=1.0, metadata={"help": "see --high-noise-portion; 1 = uniform"})
     branch_portion: float = field(default=0.0, metadata={
         "help": "expected share of each batch drawn from counterfactual branch chunks (`slowfast collect "
                 "--branches`): the same start walked another way, told apart only by the text; 0 = every chunk "
@@ -98,9 +119,7 @@ class TrainConfig:
                              f"got {self.prediction_type!r}")
         if self.context_noise < 0:
             raise ValueError(f"--context-noise must be >= 0, got {self.context_noise}")
-        if not (0 <= self.high_noise_portion < 1) or self.high_noise_weight <= 0:
-            raise ValueError("--high-noise-portion must be in [0, 1) and --high-noise-weight > 0, got "
-                             f"{self.high_noise_portion} and {self.high_noise_weight}")
+        self.check_noise_levels()
         if not (0 <= self.branch_portion < 1):
             raise ValueError(f"--branch-portion must be in [0, 1), got {self.branch_portion}")
         if self.latent_factor < 1:
@@ -117,15 +136,6 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     if cfg.decay_steps == 0:
         return warmup
     return warmup * min(1.0, max(0.0, (cfg.max_steps - step) / cfg.decay_steps))
-
-
-def timestep_weights(cfg: TrainConfig, num_timesteps: int) -> torch.Tensor:
-    """Sampling weight of each training timestep: the top ``high_noise_portion`` of the
-    schedule weighs ``high_noise_weight``, the rest 1 (as diffusers' SDXL example's "later"
-    timestep bias)."""
-    weights = torch.ones(num_timesteps)
-    weights[num_timesteps - int(round(cfg.high_noise_portion * num_timesteps)):] = cfg.high_noise_weight
-    return weights
 
 
 def _split(num_episodes: int, val_episodes: int) -> tuple[list[int], list[int]]:
@@ -288,7 +298,7 @@ def run_train(cfg: TrainConfig) -> dict:
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False)
     log_file, log = open_run_log(out / "log.csv", ["step", "loss", "val_loss", "lr", "seconds"], cfg.resume, step)
     noise_rng = torch.Generator()
-    weights = timestep_weights(cfg, model.config.num_train_timesteps)
+    weights = cfg.timestep_weights(model.config.num_train_timesteps)
     draw_weights = chunk_weights(cfg, train_set)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.task}", disable=not cfg.progress)
     started, running = time.time(), []
