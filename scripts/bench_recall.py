@@ -13,7 +13,7 @@ levels (t near T is where a chunk's motion is decided). Last output line: one JS
 Usage: python scripts/bench_recall.py --task retrace [--seed 10000] [--episodes 2]
        [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--variant local|original|global]
        [--targets temporal|spatial+temporal|temporal-decoder] [--reverse | --no-reverse]
-       [--learn-from outbound|return] [--timesteps 300,700,950,999] [--noise-draws 16]
+       [--learn-from outbound|return] [--timesteps 300,700,950,999] [--noise-draws 16] [--legs 6]
 Memory settings not given come from the world model (a slow-fast finetuned base carries
 the ones it was trained with), else from MemoryConfig's defaults.
 """
@@ -81,6 +81,8 @@ def main() -> None:
                         help="the half the memory learns; 'return' is the upper bound described above")
     parser.add_argument("--timesteps", default="", help="comma-separated fixed t to report as well, e.g. 700,999")
     parser.add_argument("--noise-draws", type=int, default=16)
+    parser.add_argument("--legs", type=int, default=6,
+                        help="retrace: legs of the way out (planning's episodes have 3)")
     args = parser.parse_args()
     try:
         timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
@@ -95,7 +97,9 @@ def main() -> None:
     bad = [t for t in timesteps if not 0 <= t < model.config.num_train_timesteps]
     if bad:
         parser.error(f"--timesteps must lie in [0, {model.config.num_train_timesteps}), got {bad}")
-    env = envs.make(args.task, **({"num_legs": 6} if args.task == "retrace" else {}))
+    if args.legs < 1:
+        parser.error(f"--legs must be >= 1, got {args.legs}")
+    env = envs.make(args.task, **({"num_legs": args.legs} if args.task == "retrace" else {}))
     expert = envs.expert_for(env)
     seeds = list(range(args.seed, args.seed + args.episodes))
     levels = [None, *timesteps]
@@ -114,7 +118,7 @@ def main() -> None:
     env.close()
     print(json.dumps({
         "task": args.task, "checkpoint": args.checkpoint or "shipped base", "seeds": seeds,
-        "learn_from": args.learn_from,
+        "learn_from": args.learn_from, **({"legs": args.legs} if args.task == "retrace" else {}),
         "loss_without_memory": [round(x, 5) for x in without[None]],
         "loss_with_memory": [round(x, 5) for x in with_memory[None]],
         "relative_change": relative_change(with_memory[None], without[None]),
