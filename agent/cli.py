@@ -46,10 +46,13 @@ class CollectConfig:
         "help": "also record, from each episode's start, the expert doing the other first subgoals the task "
                 "allows (retrace: the first leg in each other clear direction; return_cubes: the first cube to "
                 "each other place), as extra episodes"})
+    workers: int = field(default=1, metadata={
+        "help": "processes collecting seed ranges in parallel (the dataset is the same for any number)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
         _check_count("episodes", self.episodes, 1)
+        _check_count("workers", self.workers, 1)
         _check_count("image_size", self.image_size, 16)
         for option, task in (("num_cubes", "return_cubes"), ("num_legs", "retrace")):
             if getattr(self, option) is not None and self.task != task:
@@ -74,7 +77,7 @@ def run_collect(cfg: CollectConfig) -> int:
     (out / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.seed)
     summary = collect(cfg.task, out, cfg.episodes, cfg.seed, cfg.backend, cfg.env_options(),
-                      progress=cfg.progress, branches=cfg.branches)
+                      progress=cfg.progress, branches=cfg.branches, workers=cfg.workers)
     distances = np.array([e["distance"] for e in summary["episodes"] if not e["branch"]])
     print(json.dumps({"task": cfg.task, "backend": cfg.backend, "episodes": len(distances),
                       "branch_episodes": len(summary["episodes"]) - len(distances),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from tqdm import tqdm
 
 import envs
 import tasks
-from envs.dataset import FORMAT_VERSION, write_episode
+from envs.dataset import FORMAT_VERSION, episode_path, write_episode
 from tasks.base import CHUNK_FRAMES
 
 
@@ -68,9 +71,16 @@ def branch_rollouts(env, seed: int) -> list[dict]:
 
 
 def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str = "embedded",
-            env_options: dict | None = None, progress: bool = True, branches: bool = False) -> dict:
+            env_options: dict | None = None, progress: bool = True, branches: bool = False,
+            workers: int = 1) -> dict:
     """``episodes`` expert episodes, seeds ``seed``.., each followed by its counterfactual
-    branches if ``branches`` (index lines of those carry ``branch_of``)."""
+    branches if ``branches`` (index lines of those carry ``branch_of``).
+
+    With ``workers`` > 1, processes collect contiguous seed ranges into shards that are then
+    merged in seed order: an episode depends only on its seed, so the dataset is the same."""
+    if workers > 1 and episodes > 1:
+        return _collect_in_shards(task, Path(out), episodes, seed, backend, env_options, progress, branches,
+                                  workers)
     out = Path(out)
     env = envs.make(task, backend, **(env_options or {}))
     expert = envs.expert_for(env)
@@ -94,7 +104,7 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
                         "subgoals": record["subgoals"], "metric": metric}
                 if index != main_index:
                     line["branch_of"] = main_index
-                index_lines.append(json.dumps(line))
+                index_lines.append(line)
                 summary["episodes"].append({"seed": episode_seed, "frames": length + 1,
                                             "distance": metric["distance"], "branch": index != main_index})
     finally:
@@ -116,8 +126,60 @@ def collect(task: str, out: str | Path, episodes: int, seed: int, backend: str =
         "branches": branches,
         "total_frames": total_frames,
     }
+    _write_meta(out, info, index_lines, summary)
+    return summary
+
+
+def _write_meta(out: Path, info: dict, index_lines: list[dict], summary: dict) -> None:
     (out / "meta").mkdir(parents=True, exist_ok=True)
-    (out / "meta" / "episodes.jsonl").write_text("".join(line + "\n" for line in index_lines))
+    (out / "meta" / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in index_lines))
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _collect_in_shards(task: str, out: Path, episodes: int, seed: int, backend: str, env_options: dict | None,
+                       progress: bool, branches: bool, workers: int) -> dict:
+    # Several shards a worker, so the progress bar moves and a slow shard does not idle the others.
+    shard_size = max(1, math.ceil(episodes / (workers * 8)))
+    starts = list(range(0, episodes, shard_size))
+    shard_root = out / ".shards"
+    shards = [shard_root / f"{i:04d}" for i in range(len(starts))]
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch's or the simulator's threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, \
+            tqdm(total=episodes, desc=f"collect {task} ({workers} workers)", unit="episode",
+                 disable=not progress) as bar:
+        futures = {pool.submit(collect, task, shard, min(shard_size, episodes - start), seed + start, backend,
+                               env_options, False, branches): min(shard_size, episodes - start)
+                   for shard, start in zip(shards, starts)}
+        for future in as_completed(futures):
+            future.result()
+            bar.update(futures[future])
+    summary = merge_shards(shards, out)
+    shutil.rmtree(shard_root)
+    return summary
+
+
+def merge_shards(shards: list[Path], out: Path) -> dict:
+    """Join datasets collected from consecutive seed ranges into ``out``, renumbering episodes
+    (files, ``episode_index``, ``branch_of``) as one sequential collection would have."""
+    index_lines, summary, info = [], None, None
+    for shard in shards:
+        shard_info = json.loads((shard / "meta" / "info.json").read_text())
+        shard_summary = json.loads((shard / "summary.json").read_text())
+        offset = len(index_lines)
+        for line in map(json.loads, (shard / "meta" / "episodes.jsonl").read_text().splitlines()):
+            new_index = line["episode_index"] + offset
+            episode_path(out, new_index).parent.mkdir(parents=True, exist_ok=True)
+            episode_path(shard, line["episode_index"]).replace(episode_path(out, new_index))
+            line["episode_index"] = new_index
+            if "branch_of" in line:
+                line["branch_of"] += offset
+            index_lines.append(line)
+        if info is None:
+            info, summary = shard_info, shard_summary
+        else:
+            info["total_episodes"] += shard_info["total_episodes"]
+            info["total_frames"] += shard_info["total_frames"]
+            summary["episodes"] += shard_summary["episodes"]
+    _write_meta(out, info, index_lines, summary)
     return summary

@@ -89,6 +89,25 @@ def test_branches_record_the_other_first_legs_from_the_same_start(tmp_path):
     assert len(ChunkDataset(tmp_path)) == sum(e["length"] // CHUNK_FRAMES for e in data.episodes)
 
 
+def test_parallel_collection_writes_the_same_dataset_as_one_process(tmp_path):
+    from agent.cli import CollectConfig
+    from agent.config import ConfigError
+    from envs.collect import collect
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    collect("retrace", one, episodes=2, seed=5, progress=False, branches=True)
+    collect("retrace", two, episodes=2, seed=5, progress=False, branches=True, workers=2)
+    for name in ("meta/episodes.jsonl", "meta/info.json", "summary.json"):
+        assert (one / name).read_text() == (two / name).read_text(), name
+    a, b = load_dataset(one), load_dataset(two)
+    assert len(a) > 2 and not (two / ".shards").exists()
+    for i in range(len(a)):
+        ea, eb = a.load_episode(i), b.load_episode(i)
+        assert ea.keys() == eb.keys() and all(np.array_equal(ea[k], eb[k]) for k in ea)
+    with pytest.raises(ConfigError, match="--workers must be >= 1"):
+        CollectConfig(task="retrace", workers=0)
+
+
 def test_cube_branches_carry_the_first_cube_to_each_other_place(tmp_path):
     from envs.collect import collect
     from tasks.return_cubes import PLACES

@@ -199,8 +199,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
     schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
     kinds = tasks.get(cfg.task).RETURN_KINDS if cfg.outer_chunks == "return" else None
     # Uniform levels keep the draws (and so the runs) of the loop before the option existed.
-    biased = cfg.high_noise_portion > 0 and cfg.high_noise_weight != 1
-    weights = cfg.timestep_weights(model.config.num_train_timesteps) if biased else None
+    weights = None if cfg.uniform_noise_levels else cfg.timestep_weights(model.config.num_train_timesteps)
     bar = tqdm(total=len(schedule), initial=done, desc=f"finetune {cfg.task}", unit="episode",
                disable=not cfg.progress)
     generator = torch.Generator()

@@ -49,6 +49,10 @@ class NoiseLevelBias:
             raise ValueError("--high-noise-portion must be in [0, 1) and --high-noise-weight > 0, got "
                              f"{self.high_noise_portion} and {self.high_noise_weight}")
 
+    @property
+    def uniform_noise_levels(self) -> bool:
+        return self.high_noise_portion == 0 or self.high_noise_weight == 1
+
     def timestep_weights(self, num_timesteps: int) -> torch.Tensor:
         """Sampling weight of each training timestep: the top ``high_noise_portion`` of the
         schedule weighs ``high_noise_weight``, the rest 1 (as diffusers' SDXL example's "later"
