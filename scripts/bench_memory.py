@@ -10,7 +10,7 @@ Last output line: one JSON object.
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
        [--memory-steps K] [--memory-lr LR] [--memory-crop N]
        [--targets temporal|spatial+temporal|temporal-decoder] [--variant local|original|global]
-       [--modes none,temp-lora]
+       [--modes none,temp-lora] [--static-tolerance GREY_LEVELS]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 """
 
@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--variant", default=None, choices=VARIANTS, help="Temp-LoRA variant " + own)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--static-tolerance", type=float, default=None,
+                        help="override the world model's static_tolerance (grey levels; 0 = off)")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(MODES):
@@ -74,6 +76,8 @@ def main() -> None:
                          memory=EpisodeMemory(warm, MemoryConfig.for_model(warm, **overrides)))
         for mode in modes:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
+            if args.static_tolerance is not None:
+                model.config.static_tolerance = args.static_tolerance
             memory = None
             if mode == "temp-lora":
                 memory = EpisodeMemory(model, MemoryConfig.for_model(model, **overrides, seed=seed))
@@ -94,7 +98,8 @@ def main() -> None:
         "task": args.task, "frames": len(record["frames"]), "revisit_pairs": len(pairs),
         "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
         "seconds_per_chunk": per_chunk, "overhead": overhead,
-        "memory": memory_settings, "seeds": seeds}))
+        "memory": memory_settings, "seeds": seeds,
+        "static_tolerance": args.static_tolerance if args.static_tolerance is not None else model.config.static_tolerance}))
 
 
 if __name__ == "__main__":

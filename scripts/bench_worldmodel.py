@@ -35,7 +35,7 @@ scores near repeat-last.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI]
+       [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS]
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
     parser.add_argument("--guidance-rescale", type=float, default=None,
                         help="override the checkpoint's guidance rescale factor")
+    parser.add_argument("--static-tolerance", type=float, default=None,
+                        help="override the checkpoint's static_tolerance (grey levels; 0 = off)")
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
@@ -102,7 +104,8 @@ def main() -> None:
             began = time.perf_counter()
             chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)),
                                          image_guidance=args.image_guidance, text_guidance=args.text_guidance,
-                                         guidance_rescale=args.guidance_rescale)
+                                         guidance_rescale=args.guidance_rescale,
+                                         static_tolerance=args.static_tolerance)
             seconds.append(time.perf_counter() - began)
             generated = model.latent.decode(chunk)[0]
             repeat = np.repeat(context_frames[-1:], len(truth), axis=0)
@@ -142,7 +145,9 @@ def main() -> None:
               "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
                            args.text_guidance if args.text_guidance is not None else cfg.text_guidance],
               "guidance_rescale": (args.guidance_rescale if args.guidance_rescale is not None
-                                   else cfg.guidance_rescale)}
+                                   else cfg.guidance_rescale),
+              "static_tolerance": (args.static_tolerance if args.static_tolerance is not None
+                                   else cfg.static_tolerance)}
     print(json.dumps(result))
 
 

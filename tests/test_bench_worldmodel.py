@@ -43,3 +43,11 @@ def test_covered_scores_pool_the_scored_pixels_and_skip_chunks_without_motion():
     assert bench.covered_scores(covered, [0, 1, 2])["covered_psnr"] == 20.0  # MSE 255**2 / 100
     assert bench.covered_scores(covered, [0]) == {"covered_psnr": 20.0, "baseline_covered_psnr": 40.0}
     assert bench.covered_scores(covered, [1]) == {}
+
+
+def test_identical_frames_score_a_finite_psnr_above_any_other():
+    frames = np.random.default_rng(0).integers(0, 255, size=(8, 64, 64, 3), dtype=np.uint8)
+    nearly = frames.copy()
+    nearly[0, 0, 0, 0] += 1
+    assert psnr(frames, frames) == 100.0
+    assert 90 < psnr(nearly, frames) < psnr(frames, frames)

@@ -203,6 +203,31 @@ def test_sampler_reaches_the_clean_latents_given_exact_predictions(prediction_ty
     assert torch.allclose(chunk, clean, atol=1e-3)
 
 
+def test_static_tolerance_copies_only_the_cells_that_stay_within_it_of_the_last_context_frame():
+    model = VideoWorldModel(WorldModelConfig(**{**TINY, "sample_steps": 20}))
+    f, fc, fg = model.config.latent_factor, model.config.context_frames, model.config.chunk_frames
+    rng = np.random.default_rng(0)
+    last = rng.integers(60, 190, size=(64, 64, 3), dtype=np.uint8)
+    truth = np.repeat(last[None], fg, axis=0).astype(np.int16)
+    truth[:, :f, :f] += 3  # one cell off by a few grey levels, as sampler noise leaves it
+    truth[:, f:2 * f, :f, 0] += 40  # the cell below it moves
+    context = model.latent.encode(np.repeat(last[None, None], fc, axis=1))
+    unet = OracleUNet(model, model.latent.encode(truth.astype(np.uint8)[None]))
+
+    def sample(tolerance):
+        chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                     static_tolerance=tolerance, unet=unet)
+        return model.latent.decode(chunk)[0].astype(np.int16)
+
+    plain, kept = sample(0.0), sample(8.0)
+    assert np.abs(plain - truth).max() <= 1
+    assert np.array_equal(kept[:, :f, :f], np.repeat(last[None, :f, :f], fg, axis=0))
+    assert np.abs(kept[:, f:2 * f, :f] - truth[:, f:2 * f, :f]).max() <= 1
+    assert np.array_equal(kept[:, :, f:], np.repeat(last[None, :, f:], fg, axis=0))
+    with pytest.raises(ValueError, match="static_tolerance"):
+        sample(-1.0)
+
+
 class PassRecorder(torch.nn.Module):
     """The real UNet, recording for each batch row whether it saw context and the subgoal text."""
 

@@ -78,6 +78,12 @@ class WorldModelConfig:
     # deviation, mixed in by this factor in [0, 1] (0 = plain CFG): strong guidance overshoots,
     # which on retrace shows as pixels changing where nothing moves (measured: README.md, Results).
     guidance_rescale: float = 0.0
+    # Cells (one latent position, latent_factor^2 pixels) of a generated frame whose every pixel
+    # lies within this many grey levels of the last context frame are set to that frame's cell
+    # exactly, as a video codec skips unchanged blocks: what the sampler leaves there is noise of
+    # ~5 grey levels (README.md, Results), while a moving arm or a scrolled tile changes pixels by
+    # far more. 0 keeps the sampled latents as they are.
+    static_tolerance: float = 0.0
     # What the UNet predicts. "v_prediction" (v = alpha eps - sigma x0): with
     # unit-variance latents the x0 estimate is alpha x_t - sigma v, so UNet errors are
     # never amplified. "epsilon" must copy i.i.d. noise through the UNet's narrowest,
@@ -224,6 +230,9 @@ class VideoWorldModel:
                                   "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
         if config.sampler not in SAMPLERS:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
+        if config.static_tolerance < 0:
+            raise CheckpointError(f"static_tolerance {config.static_tolerance} is negative: give grey levels "
+                                  "(0 keeps sampled cells as they are)")
         if not 0 <= config.guidance_rescale <= 1:
             raise CheckpointError(f"guidance_rescale {config.guidance_rescale} is not in [0, 1] (0 = plain CFG)")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift, config.image_size)
@@ -348,7 +357,8 @@ class VideoWorldModel:
     def generate_chunk(self, context: torch.Tensor, texts: list[str], context_len: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, num_steps: int | None = None,
                        image_guidance: float | None = None, text_guidance: float | None = None,
-                       guidance_rescale: float | None = None, unet=None) -> torch.Tensor:
+                       guidance_rescale: float | None = None, static_tolerance: float | None = None,
+                       unet=None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
         Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), applied to
@@ -358,6 +368,8 @@ class VideoWorldModel:
         weight is zero is skipped: g_i = 1 needs no unconditional pass, g_i = g_t = 1
         only the text pass. ``guidance_rescale`` (phi) then moves the guided output towards
         the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
+        ``static_tolerance`` (grey levels) copies the last context frame's cells that the
+        sampled frames leave within it (``WorldModelConfig.static_tolerance``).
         """
         cfg = self.config
         unet = unet or self.unet
@@ -399,7 +411,18 @@ class VideoWorldModel:
                 guided = self.residual_x0(latents, guided, t, context[:, :, -1:])
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)
-        return latents
+        tolerance = cfg.static_tolerance if static_tolerance is None else static_tolerance
+        return self.keep_static_cells(latents, context[:, :, -1:], tolerance) if tolerance else latents
+
+    def keep_static_cells(self, latents: torch.Tensor, last: torch.Tensor, tolerance: float) -> torch.Tensor:
+        """``latents`` (B, C, F, h, w) with each cell within ``tolerance`` grey levels of ``last``
+        (B, C, 1, h, w) in every channel, i.e. every pixel of it, replaced by ``last``'s cell."""
+        if tolerance < 0:
+            raise ValueError(f"static_tolerance must be >= 0 grey levels, got {tolerance}")
+        # SpaceToDepth maps a grey level to scale / 127.5 latent units in every channel.
+        unit = self.latent.scale / 127.5
+        still = (latents - last).abs().amax(dim=1, keepdim=True) <= tolerance * unit
+        return torch.where(still, last.expand_as(latents), latents)
 
     @torch.no_grad()
     def rollout(self, first_frame: np.ndarray, texts: list[str], seed: int = 0,
