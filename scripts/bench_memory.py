@@ -14,7 +14,7 @@ Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 
 Two overheads are printed. ``overhead`` compares whole rollouts (temp-lora / none - 1), as
-the issue asks; on a shared machine one chunk's sampling time wanders by +-15 % between
+the issue asks; on a shared machine one chunk's sampling time wanders by up to a fifth between
 identical chunks, so that ratio carries several percent of drift. ``overhead_by_parts``
 divides the time the temp-lora rollouts spent in the memory itself (``update`` + the
 merge/unmerge around each chunk, ``memory_seconds_per_chunk``) by the rest of those same
