@@ -1,18 +1,13 @@
 """The memory benchmark's timed memory: same episode memory, its cost added up."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from worldmodel.memory import EpisodeMemory, MemoryConfig
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
-spec = importlib.util.spec_from_file_location("bench_memory", Path(__file__).parents[1] / "scripts" / "bench_memory.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from helpers import TINY, load_script
 
-TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=2)
+bench = load_script("bench_memory")
 
 
 def _rollout(memory_class):

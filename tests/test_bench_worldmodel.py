@@ -1,17 +1,13 @@
 """The retrace benchmark's motion references on real expert frames."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 import envs
 from envs.collect import rollout_expert
 from worldmodel.video_io import psnr
 
-spec = importlib.util.spec_from_file_location("bench_worldmodel",
-                                              Path(__file__).parents[1] / "scripts" / "bench_worldmodel.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from helpers import load_script
+
+bench = load_script("bench_worldmodel")
 
 
 def test_shift_oracle_scrolls_the_view_by_the_true_move_and_scores_only_what_stays_in_view():

@@ -1,13 +1,11 @@
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("compare_evaluations",
-                                              Path(__file__).parents[1] / "scripts" / "compare_evaluations.py")
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
+from helpers import load_script
+
+compare = load_script("compare_evaluations")
 
 
 def _evaluation(folder: Path, row: str, distances: dict[int, float]) -> str:

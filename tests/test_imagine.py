@@ -17,7 +17,9 @@ from tasks import retrace
 from worldmodel.imagine import ImagineConfig, run_imagine
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
-TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=2, task="retrace")
+from helpers import TINY as TINY_UNET
+
+TINY = dict(TINY_UNET, task="retrace")
 
 
 @pytest.fixture(scope="module")

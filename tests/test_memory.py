@@ -6,7 +6,7 @@ import torch
 from worldmodel.memory import EpisodeMemory, EpisodeMemoryError, MemoryConfig, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
-TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=2)
+from helpers import TINY
 
 
 def _model():

@@ -9,8 +9,9 @@ from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, b
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 from worldmodel.slowfast import FinetuneConfig, episode_chunks, inner_loop, outer_loss, run_finetune
 
-TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=2,
-            task="return_cubes")
+from helpers import TINY as TINY_UNET
+
+TINY = dict(TINY_UNET, task="return_cubes")
 
 
 def _hash(params):
