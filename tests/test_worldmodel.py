@@ -15,7 +15,9 @@ from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnPro
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
 from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
-TINY = dict(block_out_channels=(16, 32), attention_head_dim=2, norm_num_groups=8, sample_steps=3)
+from helpers import TINY as TINY_UNET
+
+TINY = dict(TINY_UNET, sample_steps=3)
 
 
 @pytest.fixture(scope="module")
