@@ -2,7 +2,7 @@
 
 The inverse-dynamics model learns on rendered frames, but in planning it reads imagined ones,
 which are blurrier, fade the old view out where the simulator scrolls it, and put the
-motion's first frames a little off. Measured on the shipped retrace model (README, Results):
+motion's first frames a little off. Measured on the shipped retrace model (docs/results/README.md):
 the IDM reads the true move off 64 % of the moving transitions of chunks imagined for a leg's
 own text, and off 100 % of the rendered ones. This job gives it examples of what the model
 imagines: for each chunk of a collected dataset, the model imagines that chunk from the true

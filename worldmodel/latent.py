@@ -2,7 +2,7 @@
 
 64x64x3 uint8 frames become ceil(64/f)^2 cells of f*f*3 values, shifted and scaled by the
 training data's pixel mean and std so they are centred with unit variance. Measured on
-this machine (README): a 4 M-param UNet3D at 16x16 costs ~0.2 s per batched 3-way CFG
+this machine (README, Models): a 4 M-param UNet3D at 16x16 costs ~0.2 s per batched 3-way CFG
 pass, while the same depth at 64x64 pixels is >10x slower; a trained VAE would add
 a reconstruction error this space does not have.
 

@@ -22,7 +22,7 @@ undone (adapter and optimizer restored) and logged.
 ``reverse`` also trains every step on the window played backwards (one batch of two). A
 memory trained only forwards learns the first phase as motion and pulls a return along
 it, away from where it came from; played backwards, the same chunks show the way back
-(a static world looks the same walked either way). Measured (README.md, Results): on the
+(a static world looks the same walked either way). Measured (docs/results/README.md): on the
 retrace return it takes back about a third of what the forward-only memory costs, not all.
 
 ``crop`` > 0 trains each step on a random crop x crop square of the window's latents

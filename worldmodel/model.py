@@ -76,12 +76,12 @@ class WorldModelConfig:
     text_guidance: float = 5.0
     # Lin et al. 2024 (Sec. 3.4) rescale of the guided output towards the text pass's standard
     # deviation, mixed in by this factor in [0, 1] (0 = plain CFG): strong guidance overshoots,
-    # which on retrace shows as pixels changing where nothing moves (measured: README.md, Results).
+    # which on retrace shows as pixels changing where nothing moves (measured: docs/results/README.md).
     guidance_rescale: float = 0.0
     # Cells (one latent position, latent_factor^2 pixels) of a generated frame whose every pixel
     # lies within this many grey levels of the last context frame are set to that frame's cell
     # exactly, as a video codec skips unchanged blocks: what the sampler leaves there is noise of
-    # ~5 grey levels (README.md, Results), while a moving arm or a scrolled tile changes pixels by
+    # ~5 grey levels (docs/results/README.md), while a moving arm or a scrolled tile changes pixels by
     # far more. 0 keeps the sampled latents as they are.
     static_tolerance: float = 0.0
     # What the UNet predicts. "v_prediction" (v = alpha eps - sigma x0): with
