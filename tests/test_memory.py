@@ -49,6 +49,21 @@ def test_update_changes_only_the_adapter_and_reset_restores_the_base():
     assert torch.equal(_chunk(model, context), before)
 
 
+def test_a_new_episode_memory_on_a_model_that_already_learned_starts_from_the_zero_adapter():
+    # The evaluation harness keeps one model per variant and builds a memory per episode:
+    # the second episode must not inherit what the first one learned.
+    model = _model()
+    context = _latents(model, 4, 0)
+    before = _chunk(model, context)
+    EpisodeMemory(model, MemoryConfig(rank=4, steps=3, lr=1e-2)).update(context, _latents(model, 8, 1))
+    assert not torch.equal(_chunk(model, context), before)
+    second = EpisodeMemory(model, MemoryConfig(rank=4, steps=3, lr=1e-2, seed=5))
+    assert torch.equal(_chunk(model, context), before)
+    assert _hash(second.params) == _hash(EpisodeMemory(_model(), MemoryConfig(rank=4, seed=5)).params)
+    with pytest.raises(EpisodeMemoryError, match="rank=4.*rank=8.*fresh model"):
+        EpisodeMemory(model, MemoryConfig(rank=8))
+
+
 def test_merged_generation_matches_the_adapter_and_leaves_the_base_exact():
     model = _model()
     context = _latents(model, 4, 0)

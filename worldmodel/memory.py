@@ -147,8 +147,17 @@ class MemoryOverrides:
 
 
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
-    """Adds the (zero) adapter to the model's UNet once; later calls reuse it."""
-    if getattr(model.unet, "_temp_lora_config", None) is not None:
+    """Adds the adapter to the model's UNet once; later calls reuse it (its weights are set by
+    ``EpisodeMemory.reset``), so they must ask for the same adapter shape."""
+    shape = ("rank", "alpha", "targets")
+    injected = getattr(model.unet, "_temp_lora_config", None)
+    if injected is not None:
+        if any(getattr(injected, f) != getattr(config, f) for f in shape):
+            raise EpisodeMemoryError(
+                "this model already carries a Temp-LoRA adapter with " +
+                ", ".join(f"{f}={getattr(injected, f)!r}" for f in shape) + "; a memory with " +
+                ", ".join(f"{f}={getattr(config, f)!r}" for f in shape) +
+                " needs a fresh model (VideoWorldModel.from_pretrained)")
         return
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TARGETS[config.targets],
                       lora_dropout=0.0, init_lora_weights=True)
@@ -156,8 +165,7 @@ def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
     # weight sends torch's matmul down a slower unfolded path even under no_grad (the temporal
     # transformers' proj_in on permuted input: +4 % a sampled chunk).
     flags = [(p, p.requires_grad) for p in model.unet.parameters()]
-    with torch.random.fork_rng():  # A's random init follows the memory's seed, not the caller's RNG
-        torch.manual_seed(config.seed)
+    with torch.random.fork_rng():  # the caller's RNG stays where it was
         inject_adapter_in_model(lora, model.unet, adapter_name=ADAPTER)
     for p, flag in flags:
         p.requires_grad_(flag)
@@ -195,17 +203,18 @@ class EpisodeMemory:
         self.wrapped = [(parent, name, child) for parent in model.unet.modules()
                         for name, child in parent.named_children()
                         if isinstance(child, LoraLayer) and ADAPTER in child.lora_A]
-        self._initial = [p.detach().clone() for p in self.params]
         self.history: torch.Tensor | None = None
         self.losses: list[float] = []
         self.rollbacks = 0
         self.reset()
 
     def reset(self) -> None:
-        """A fresh episode: adapter back to its initial (zero-effect) state, new optimizer."""
-        with torch.no_grad():
-            for p, p0 in zip(self.params, self._initial):
-                p.copy_(p0)
+        """A fresh episode: a zero-effect adapter (B = 0, A drawn from the memory's seed, so an
+        episode does not depend on what earlier memories on this model learned), new optimizer."""
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(self.config.seed)
+            for _, _, layer in self.wrapped:
+                layer.reset_lora_parameters(ADAPTER, init_lora_weights=True)
         self.optimizer = torch.optim.Adam(self.params, lr=self.config.lr, betas=self.config.betas,
                                           weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(self.config.seed)
