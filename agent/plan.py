@@ -123,6 +123,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
         "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
         "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,
+        "memory_losses": [round(loss, 6) for loss in record.memory_losses],
         "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source, "expert_first_phase": cfg.expert_first_phase,
         "memory_config": memory_config.to_dict() if cfg.memory == "temp-lora" else None,
     }

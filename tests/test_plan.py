@@ -199,6 +199,14 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     assert "| temp-lora |" in (tmp_path / "eval" / "table.md").read_text()
     assert (tmp_path / "eval" / "episodes" / "temp-lora" / "seed_10000" / "executed.mp4").is_file()
     assert not (tmp_path / "eval" / "episodes" / "temp-lora" / "seed_10001" / "executed.mp4").exists()
+    # The variant's model serves every seed, yet an episode's memory starts afresh: seed 10001 learns and plans
+    # exactly as it does alone.
+    assert main(["plan", "--task", "retrace", "--checkpoint", str(root), "--memory", "temp-lora", "--seed", "10001",
+                 "--out", str(tmp_path / "alone"), "--no-progress", "--no-videos"]) == 0
+    alone = json.loads((tmp_path / "alone" / "episode.json").read_text())
+    evaluated = json.loads((tmp_path / "eval" / "episodes" / "temp-lora" / "seed_10001" / "episode.json").read_text())
+    assert len(alone["memory_losses"]) > 0
+    assert evaluated["memory_losses"] == alone["memory_losses"] and evaluated["distance"] == alone["distance"]
     stamp = (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime
     assert main(args) == 0  # a rerun skips finished episodes
     assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
