@@ -149,15 +149,15 @@ class MemoryOverrides:
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
     """Adds the adapter to the model's UNet once; later calls reuse it (its weights are set by
     ``EpisodeMemory.reset``), so they must ask for the same adapter shape."""
-    shape = ("rank", "alpha", "targets")
+    def shape(c: MemoryConfig) -> str:
+        return f"rank={c.rank!r}, alpha={c.alpha!r}, targets={c.targets!r}"
+
     injected = getattr(model.unet, "_temp_lora_config", None)
     if injected is not None:
-        if any(getattr(injected, f) != getattr(config, f) for f in shape):
-            raise EpisodeMemoryError(
-                "this model already carries a Temp-LoRA adapter with " +
-                ", ".join(f"{f}={getattr(injected, f)!r}" for f in shape) + "; a memory with " +
-                ", ".join(f"{f}={getattr(config, f)!r}" for f in shape) +
-                " needs a fresh model (VideoWorldModel.from_pretrained)")
+        if shape(injected) != shape(config):
+            raise EpisodeMemoryError(f"this model already carries a Temp-LoRA adapter with {shape(injected)}; a "
+                                     f"memory with {shape(config)} needs a fresh model "
+                                     "(VideoWorldModel.from_pretrained)")
         return
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TARGETS[config.targets],
                       lora_dropout=0.0, init_lora_weights=True)
