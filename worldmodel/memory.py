@@ -149,14 +149,18 @@ class MemoryOverrides:
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
     """Adds the adapter to the model's UNet once; later calls reuse it (its weights are set by
     ``EpisodeMemory.reset``), so they must ask for the same adapter shape."""
-    def shape(c: MemoryConfig) -> str:
+    def shape(c: MemoryConfig) -> tuple:
+        return c.rank, c.alpha, c.targets
+
+    def described(c: MemoryConfig) -> str:
         return f"rank={c.rank!r}, alpha={c.alpha!r}, targets={c.targets!r}"
 
     injected = getattr(model.unet, "_temp_lora_config", None)
     if injected is not None:
+        # compared as values, not as text: alpha 32 from a YAML file is the same adapter as 32.0
         if shape(injected) != shape(config):
-            raise EpisodeMemoryError(f"this model already carries a Temp-LoRA adapter with {shape(injected)}; a "
-                                     f"memory with {shape(config)} needs a fresh model "
+            raise EpisodeMemoryError(f"this model already carries a Temp-LoRA adapter with {described(injected)}; "
+                                     f"a memory with {described(config)} needs a fresh model "
                                      "(VideoWorldModel.from_pretrained)")
         return
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=TARGETS[config.targets],
