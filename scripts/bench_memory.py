@@ -9,7 +9,7 @@ Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
        [--memory-steps K] [--memory-lr LR] [--memory-crop N]
-       [--targets temporal|spatial+temporal|temporal-decoder] [--variant local|original|global]
+       [--targets temporal|spatial+temporal|temporal-decoder] [--variant local|original|global] [--reverse]
        [--modes none,temp-lora] [--static-tolerance GREY_LEVELS]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 
@@ -34,7 +34,7 @@ import envs
 from envs.collect import rollout_expert
 from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import TARGETS, VARIANTS, EpisodeMemory, MemoryConfig
+from worldmodel.memory import EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import psnr
 
@@ -70,12 +70,7 @@ def main() -> None:
     parser.add_argument("--task", default="retrace")
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=1)
-    own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
-    parser.add_argument("--memory-steps", type=int, default=None, help="Temp-LoRA Adam steps per chunk " + own)
-    parser.add_argument("--memory-lr", type=float, default=None, help="Temp-LoRA Adam learning rate " + own)
-    parser.add_argument("--memory-crop", type=int, default=None, help="Temp-LoRA training crop (latent side) " + own)
-    parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help="Temp-LoRA target set " + own)
-    parser.add_argument("--variant", default=None, choices=VARIANTS, help="Temp-LoRA variant " + own)
+    add_memory_arguments(parser)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--static-tolerance", type=float, default=None,
@@ -90,12 +85,11 @@ def main() -> None:
     expert = envs.expert_for(env)
     chunk = VideoWorldModel.from_pretrained(path).config.chunk_frames
     scores = {m: {"scuts": [], "src": [], "revisit_psnr": []} for m in modes}
-    memory_settings = None
+    memory_used = None
     seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     memory_seconds = {"update": [], "merge": []}
     seeds = list(range(args.seed, args.seed + args.episodes))
-    overrides = dict(steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, targets=args.targets,
-                     variant=args.variant)
+    overrides = memory_settings(args)
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
@@ -114,7 +108,7 @@ def main() -> None:
             memory = None
             if mode == "temp-lora":
                 memory = TimedMemory(model, MemoryConfig.for_model(model, **overrides, seed=seed))
-                memory_settings = memory.config.to_dict()
+                memory_used = memory.config.to_dict()
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",
                                   memory=memory)
@@ -140,7 +134,7 @@ def main() -> None:
         "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
         "seconds_per_chunk": per_chunk, "overhead": overhead,
         "memory_seconds_per_chunk": memory_per_chunk, "overhead_by_parts": overhead_by_parts,
-        "memory": memory_settings, "seeds": seeds,
+        "memory": memory_used, "seeds": seeds,
         "static_tolerance": args.static_tolerance if args.static_tolerance is not None else model.config.static_tolerance}))
 
 

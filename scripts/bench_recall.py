@@ -29,7 +29,7 @@ import torch
 import envs
 from envs.collect import rollout_expert
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import TARGETS, VARIANTS, EpisodeMemory, MemoryConfig
+from worldmodel.memory import EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
 from worldmodel.model import VideoWorldModel
 
 
@@ -70,13 +70,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--checkpoint", default=None, help="world model folder (default: the shipped base)")
-    own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
-    parser.add_argument("--memory-steps", type=int, default=None, help=own)
-    parser.add_argument("--memory-lr", type=float, default=None, help=own)
-    parser.add_argument("--memory-crop", type=int, default=None, help=own)
-    parser.add_argument("--variant", default=None, choices=VARIANTS, help=own)
-    parser.add_argument("--targets", default=None, choices=sorted(TARGETS), help=own)
-    parser.add_argument("--reverse", action=argparse.BooleanOptionalAction, default=None, help=own)
+    add_memory_arguments(parser)
     parser.add_argument("--learn-from", choices=("outbound", "return"), default="outbound",
                         help="the half the memory learns; 'return' is the upper bound described above")
     parser.add_argument("--timesteps", default="", help="comma-separated fixed t to report as well, e.g. 700,999")
@@ -90,10 +84,7 @@ def main() -> None:
         parser.error(f"--timesteps takes comma-separated integers, got {args.timesteps!r}")
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     model.unet.eval()
-    memory = EpisodeMemory(model, MemoryConfig.for_model(model, steps=args.memory_steps, lr=args.memory_lr,
-                                                         crop=args.memory_crop,
-                                                         variant=args.variant, targets=args.targets,
-                                                         reverse=args.reverse))
+    memory = EpisodeMemory(model, MemoryConfig.for_model(model, **memory_settings(args)))
     bad = [t for t in timesteps if not 0 <= t < model.config.num_train_timesteps]
     if bad:
         parser.error(f"--timesteps must lie in [0, {model.config.num_train_timesteps}), got {bad}")

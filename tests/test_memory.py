@@ -229,3 +229,18 @@ def test_the_memory_leaves_the_base_weights_requires_grad_flags_as_the_caller_se
     memory.update(_latents(model, 4, 0), _latents(model, 8, 1))
     assert all(p.requires_grad == trainable for p in base_parameters(model.unet))
     assert all(p.requires_grad for p in memory.params)
+
+
+def test_benchmark_memory_options_override_only_what_is_given():
+    import argparse
+    from worldmodel.memory import add_memory_arguments, memory_settings
+
+    parser = argparse.ArgumentParser()
+    add_memory_arguments(parser)
+    model = VideoWorldModel(WorldModelConfig(**TINY, temp_lora={"steps": 4, "lr": 1e-3, "crop": 8}))
+    given = MemoryConfig.for_model(model, **memory_settings(parser.parse_args(
+        ["--memory-steps", "2", "--variant", "original", "--no-reverse"])))
+    assert (given.steps, given.variant, given.reverse, given.lr, given.crop) == (2, "original", False, 1e-3, 8)
+    assert MemoryConfig.for_model(model, **memory_settings(parser.parse_args([]))) == MemoryConfig.for_model(model)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--variant", "nonsense"])

@@ -38,6 +38,7 @@ backward pass stops there instead of running through the whole UNet (cheaper ste
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -144,6 +145,26 @@ class MemoryOverrides:
         """``model``'s Temp-LoRA settings with these overrides (and ``more``) applied."""
         overrides = {name.removeprefix("memory_"): value for name, value in self.memory_options().items()}
         return MemoryConfig.for_model(model, **overrides, **more)
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Temp-LoRA overrides of the benchmark scripts (``memory_settings`` reads them back)."""
+    own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
+    group = parser.add_argument_group("Temp-LoRA memory")
+    group.add_argument("--memory-steps", type=int, default=None, help=f"Adam steps per chunk {own}")
+    group.add_argument("--memory-lr", type=float, default=None, help=f"learning rate {own}")
+    group.add_argument("--memory-crop", type=int, default=None,
+                       help=f"side of the latent square each step trains on, 0 = whole frames {own}")
+    group.add_argument("--variant", default=None, choices=VARIANTS, help=own)
+    group.add_argument("--targets", default=None, choices=sorted(TARGETS), help=own)
+    group.add_argument("--reverse", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"also train on each window played backwards {own}")
+
+
+def memory_settings(args: argparse.Namespace) -> dict:
+    """``add_memory_arguments``' values as ``MemoryConfig.for_model`` overrides."""
+    return dict(steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, variant=args.variant,
+                targets=args.targets, reverse=args.reverse)
 
 
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
