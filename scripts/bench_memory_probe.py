@@ -23,7 +23,7 @@ accuracy once a direction coding the middle leg's sign is planted in the real re
 at 2-20 % of their spread from one episode to the next.
 Last output line: one JSON object.
 
-Usage: python scripts/bench_memory_probe.py [--seed 10000] [--episodes 400] [--test 100]
+Usage: python scripts/bench_memory_probe.py [--seed 10000] [--episodes 300] [--test 100]
        [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N]
        [--variant local|original|global] [--targets temporal|...] [--reverse] [--timestep 999]
 """
@@ -43,8 +43,9 @@ import envs
 from envs.collect import rollout_expert
 from tasks.retrace import DIRECTIONS
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
+from worldmodel.memory import ADAPTER, EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
 from worldmodel.model import VideoWorldModel
+
 
 def leg_signs(record: dict) -> list[int]:
     """+1 (right / down) or -1 (left / up) for each leg of the way out, in order."""
@@ -62,8 +63,8 @@ def readouts(model: VideoWorldModel, memory: EpisodeMemory, record: dict, legs: 
     memory.reset()
     for s in starts[:legs + 1]:  # the way out and the first chunk back
         memory.update(context(s), chunk(s))
-    weights = torch.cat([(layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight).flatten()
-                         for _, _, layer in memory.wrapped for name in [next(iter(layer.lora_A))]])
+    weights = torch.cat([(layer.scaling[ADAPTER] * layer.lora_B[ADAPTER].weight
+                          @ layer.lora_A[ADAPTER].weight).flatten() for _, _, layer in memory.wrapped])
     second_back = starts[legs + 1]
     ctx, ctx_len = model.context_slots(context(second_back))
     text = record["subgoals"][int(record["subgoal_index"][second_back - 1])]["text"]
@@ -119,7 +120,7 @@ def planted_power(x: np.ndarray, labels: np.ndarray, train: slice, test: slice, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=10_000)
-    parser.add_argument("--episodes", type=int, default=400, help="episodes in all, the last --test of them held out")
+    parser.add_argument("--episodes", type=int, default=300, help="episodes in all, the last --test of them held out")
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--checkpoint", default=None, help="world model folder (default: the shipped base)")
     add_memory_arguments(parser)
