@@ -8,7 +8,7 @@ memory, independently of whether the base model has learned to read it:
 1. For each expert episode (held-out seeds), the memory learns the chunks the planner's
    memory has seen when it generates the second chunk back: the way out and the first
    chunk back, one update each, with the planner's per-episode memory seed.
-2. Two readouts of it: ``weights`` = every adapter layer's weight change scale * B @ A
+2. Two readouts of it: ``weights`` = every adapter layer's weight change (peft's delta weight, scale * B @ A)
    (what the memory adds to the base), and ``effect`` = how it changes the UNet's
    prediction for that second chunk back (its real context and text, a fixed noise
    draw at ``--timestep``).
@@ -63,8 +63,7 @@ def readouts(model: VideoWorldModel, memory: EpisodeMemory, record: dict, legs: 
     memory.reset()
     for s in starts[:legs + 1]:  # the way out and the first chunk back
         memory.update(context(s), chunk(s))
-    weights = torch.cat([(layer.scaling[ADAPTER] * layer.lora_B[ADAPTER].weight
-                          @ layer.lora_A[ADAPTER].weight).flatten() for _, _, layer in memory.wrapped])
+    weights = torch.cat([layer.get_delta_weight(ADAPTER).flatten() for _, _, layer in memory.wrapped])
     second_back = starts[legs + 1]
     ctx, ctx_len = model.context_slots(context(second_back))
     text = record["subgoals"][int(record["subgoal_index"][second_back - 1])]["text"]

@@ -1,9 +1,11 @@
+import argparse
 import hashlib
 
 import pytest
 import torch
 
-from worldmodel.memory import EpisodeMemory, EpisodeMemoryError, MemoryConfig, adapter_parameters, base_parameters
+from worldmodel.memory import (EpisodeMemory, EpisodeMemoryError, MemoryConfig, adapter_parameters,
+                               add_memory_arguments, base_parameters, memory_settings)
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
 from helpers import TINY
@@ -232,9 +234,6 @@ def test_the_memory_leaves_the_base_weights_requires_grad_flags_as_the_caller_se
 
 
 def test_benchmark_memory_options_override_only_what_is_given():
-    import argparse
-    from worldmodel.memory import add_memory_arguments, memory_settings
-
     parser = argparse.ArgumentParser()
     add_memory_arguments(parser)
     model = VideoWorldModel(WorldModelConfig(**TINY, temp_lora={"steps": 4, "lr": 1e-3, "crop": 8}))
