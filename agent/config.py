@@ -57,10 +57,21 @@ def _converter(tp):
     return convert
 
 
+def _with_default(text: str, default) -> str:
+    # a help text that explains its own default (e.g. "the world model's own") keeps that explanation
+    return text if "default:" in text else f"{text} (default: {default})"
+
+
 def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file with values for any of the options below")
+    add_fields(parser, cls)
+    return parser
+
+
+def add_fields(parser: argparse.ArgumentParser, cls) -> None:
+    """An option for every field of the dataclass ``cls``; options not given stay out of the namespace."""
     hints = typing.get_type_hints(cls)
     groups = {}
     for f in dataclasses.fields(cls):
@@ -77,8 +88,7 @@ def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
         choices = typing.get_args(inner) if typing.get_origin(inner) is typing.Literal else None
         target.add_argument(flag, dest=f.name, type=_converter(tp), default=argparse.SUPPRESS,
                             metavar=f.name.upper() if not choices else "{" + ",".join(choices) + "}",
-                            help=f"{f.metadata.get('help', '')} (default: {default})")
-    return parser
+                            help=_with_default(f.metadata.get("help", ""), default))
 
 
 def load_yaml(cls, path: Path) -> dict:

@@ -8,8 +8,8 @@ simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 fra
 Last output line: one JSON object.
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
-       [--memory-steps K] [--memory-lr LR] [--memory-crop N]
-       [--targets temporal|spatial+temporal|temporal-decoder] [--variant local|original|global] [--reverse]
+       [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--memory-variant local|original|global]
+       [--memory-targets temporal|spatial+temporal|temporal-decoder] [--memory-reverse true|false]
        [--modes none,temp-lora] [--static-tolerance GREY_LEVELS]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 
@@ -34,7 +34,7 @@ import envs
 from envs.collect import rollout_expert
 from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
+from worldmodel.memory import EpisodeMemory, add_memory_arguments, memory_overrides
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import psnr
 
@@ -89,7 +89,7 @@ def main() -> None:
     seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     memory_seconds = {"update": [], "merge": []}
     seeds = list(range(args.seed, args.seed + args.episodes))
-    overrides = memory_settings(args)
+    overrides = memory_overrides(parser, args)
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
@@ -100,14 +100,14 @@ def main() -> None:
             # two chunks with memory meet every shape a rollout uses (1- and 4-frame contexts, both windows).
             warm = VideoWorldModel.from_pretrained(path)
             warm.rollout(record["frames"][0], texts[:2], seed=seed,
-                         memory=EpisodeMemory(warm, MemoryConfig.for_model(warm, **overrides)))
+                         memory=EpisodeMemory(warm, overrides.memory_config(warm)))
         for mode in modes:
             model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
             if args.static_tolerance is not None:
                 model.config.static_tolerance = args.static_tolerance
             memory = None
             if mode == "temp-lora":
-                memory = TimedMemory(model, MemoryConfig.for_model(model, **overrides, seed=seed))
+                memory = TimedMemory(model, overrides.memory_config(model, seed=seed))
                 memory_used = memory.config.to_dict()
             began = time.perf_counter()
             video = model.rollout(record["frames"][0], texts, seed=seed, anchor=mode == "anchor-frame",

@@ -25,7 +25,8 @@ Last output line: one JSON object.
 
 Usage: python scripts/bench_memory_probe.py [--seed 10000] [--episodes 300] [--test 100]
        [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N]
-       [--variant local|original|global] [--targets temporal|...] [--reverse] [--timestep 999]
+       [--memory-variant local|original|global] [--memory-targets temporal|...] [--memory-reverse true|false]
+       [--timestep 999]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import envs
 from envs.collect import rollout_expert
 from tasks.retrace import DIRECTIONS
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import ADAPTER, EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
+from worldmodel.memory import ADAPTER, EpisodeMemory, add_memory_arguments, memory_overrides
 from worldmodel.model import VideoWorldModel
 
 
@@ -135,7 +136,7 @@ def main() -> None:
     model.unet.eval()
     if not 0 <= args.timestep < model.config.num_train_timesteps:
         parser.error(f"--timestep must lie in [0, {model.config.num_train_timesteps}), got {args.timestep}")
-    memory = EpisodeMemory(model, MemoryConfig.for_model(model, **memory_settings(args), seed=args.seed))
+    memory = EpisodeMemory(model, memory_overrides(parser, args).memory_config(model, seed=args.seed))
     env = envs.make("retrace", num_legs=args.legs)
     expert = envs.expert_for(env)
     seeds = list(range(args.seed, args.seed + args.episodes))

@@ -11,8 +11,8 @@ adapter of that form and budget holds at all. ``--timesteps`` adds the loss at f
 levels (t near T is where a chunk's motion is decided). Last output line: one JSON object.
 
 Usage: python scripts/bench_recall.py --task retrace [--seed 10000] [--episodes 2]
-       [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--variant local|original|global]
-       [--targets temporal|spatial+temporal|temporal-decoder] [--reverse | --no-reverse]
+       [--checkpoint DIR] [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--memory-variant local|original|global]
+       [--memory-targets temporal|spatial+temporal|temporal-decoder] [--memory-reverse true|false]
        [--learn-from outbound|return] [--timesteps 300,700,950,999] [--noise-draws 16] [--legs 6]
 Memory settings not given come from the world model (a slow-fast finetuned base carries
 the ones it was trained with), else from MemoryConfig's defaults.
@@ -29,7 +29,7 @@ import torch
 import envs
 from envs.collect import rollout_expert
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import EpisodeMemory, MemoryConfig, add_memory_arguments, memory_settings
+from worldmodel.memory import EpisodeMemory, add_memory_arguments, memory_overrides
 from worldmodel.model import VideoWorldModel
 
 
@@ -84,7 +84,7 @@ def main() -> None:
         parser.error(f"--timesteps takes comma-separated integers, got {args.timesteps!r}")
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     model.unet.eval()
-    memory = EpisodeMemory(model, MemoryConfig.for_model(model, **memory_settings(args)))
+    memory = EpisodeMemory(model, memory_overrides(parser, args).memory_config(model))
     bad = [t for t in timesteps if not 0 <= t < model.config.num_train_timesteps]
     if bad:
         parser.error(f"--timesteps must lie in [0, {model.config.num_train_timesteps}), got {bad}")

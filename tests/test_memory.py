@@ -4,8 +4,8 @@ import hashlib
 import pytest
 import torch
 
-from worldmodel.memory import (EpisodeMemory, EpisodeMemoryError, MemoryConfig, adapter_parameters,
-                               add_memory_arguments, base_parameters, memory_settings)
+from worldmodel.memory import (EpisodeMemory, EpisodeMemoryError, MemoryConfig, MemoryOverrides, adapter_parameters,
+                               add_memory_arguments, base_parameters, memory_overrides)
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
 from helpers import TINY
@@ -233,13 +233,17 @@ def test_the_memory_leaves_the_base_weights_requires_grad_flags_as_the_caller_se
     assert all(p.requires_grad for p in memory.params)
 
 
-def test_benchmark_memory_options_override_only_what_is_given():
+def test_benchmark_memory_options_are_the_jobs_and_override_only_what_is_given():
     parser = argparse.ArgumentParser()
     add_memory_arguments(parser)
     model = VideoWorldModel(WorldModelConfig(**TINY, temp_lora={"steps": 4, "lr": 1e-3, "crop": 8}))
-    given = MemoryConfig.for_model(model, **memory_settings(parser.parse_args(
-        ["--memory-steps", "2", "--variant", "original", "--no-reverse"])))
-    assert (given.steps, given.variant, given.reverse, given.lr, given.crop) == (2, "original", False, 1e-3, 8)
-    assert MemoryConfig.for_model(model, **memory_settings(parser.parse_args([]))) == MemoryConfig.for_model(model)
+    given = memory_overrides(parser, parser.parse_args(
+        ["--memory-steps", "2", "--memory-variant", "original", "--memory-reverse", "false",
+         "--memory-targets", "spatial+temporal"])).memory_config(model)
+    assert (given.steps, given.variant, given.reverse, given.targets, given.lr, given.crop) == (
+        2, "original", False, "spatial+temporal", 1e-3, 8)
+    assert memory_overrides(parser, parser.parse_args([])).memory_config(model) == MemoryConfig.for_model(model)
     with pytest.raises(SystemExit):
-        parser.parse_args(["--variant", "nonsense"])
+        memory_overrides(parser, parser.parse_args(["--memory-variant", "nonsense"]))
+    with pytest.raises(EpisodeMemoryError, match="--memory-targets"):
+        MemoryOverrides(memory_targets="everything")

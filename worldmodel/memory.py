@@ -49,6 +49,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
+from agent.config import add_fields
 from worldmodel.model import VideoWorldModel
 
 ADAPTER = "temp_lora"
@@ -128,11 +129,16 @@ class MemoryOverrides:
     memory_reverse: bool | None = field(default=None, metadata={
         "group": "Temp-LoRA memory",
         "help": f"also train on each window played backwards: true | false ({_own('reverse')})"})
+    memory_targets: str | None = field(default=None, metadata={
+        "group": "Temp-LoRA memory", "help": f"layers the adapter is on: {' | '.join(TARGETS)} ({_own('targets')})"})
 
     def __post_init__(self) -> None:
         if self.memory_variant is not None and self.memory_variant not in VARIANTS:
             raise EpisodeMemoryError(f"--memory-variant must be one of {', '.join(VARIANTS)}, "
                                      f"got {self.memory_variant!r}")
+        if self.memory_targets is not None and self.memory_targets not in TARGETS:
+            raise EpisodeMemoryError(f"--memory-targets must be one of {', '.join(TARGETS)}, "
+                                     f"got {self.memory_targets!r}")
         for name in ("memory_steps", "memory_crop"):
             if (getattr(self, name) or 0) < 0:
                 raise EpisodeMemoryError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -148,23 +154,18 @@ class MemoryOverrides:
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Temp-LoRA overrides of the benchmark scripts (``memory_settings`` reads them back)."""
-    own = "(default: the world model's own Temp-LoRA settings, else MemoryConfig's)"
-    group = parser.add_argument_group("Temp-LoRA memory")
-    group.add_argument("--memory-steps", type=int, default=None, help=f"Adam steps per chunk {own}")
-    group.add_argument("--memory-lr", type=float, default=None, help=f"learning rate {own}")
-    group.add_argument("--memory-crop", type=int, default=None,
-                       help=f"side of the latent square each step trains on, 0 = whole frames {own}")
-    group.add_argument("--variant", default=None, choices=VARIANTS, help=own)
-    group.add_argument("--targets", default=None, choices=sorted(TARGETS), help=own)
-    group.add_argument("--reverse", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"also train on each window played backwards {own}")
+    """``MemoryOverrides``' options on a benchmark script's parser, spelled as on the jobs'
+    (``memory_overrides`` reads them back)."""
+    add_fields(parser, MemoryOverrides)
 
 
-def memory_settings(args: argparse.Namespace) -> dict:
-    """``add_memory_arguments``' values as ``MemoryConfig.for_model`` overrides."""
-    return dict(steps=args.memory_steps, lr=args.memory_lr, crop=args.memory_crop, variant=args.variant,
-                targets=args.targets, reverse=args.reverse)
+def memory_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MemoryOverrides:
+    """The ``MemoryOverrides`` given to ``parser`` (set up by ``add_memory_arguments``; None where
+    absent); a bad value exits through ``parser.error``."""
+    try:
+        return MemoryOverrides(**{f.name: getattr(args, f.name, None) for f in fields(MemoryOverrides)})
+    except EpisodeMemoryError as error:
+        parser.error(str(error))
 
 
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 import tasks
 from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
-from worldmodel.memory import TARGETS, EpisodeMemory, MemoryConfig, MemoryOverrides, adapter_parameters, base_parameters
+from worldmodel.memory import EpisodeMemory, MemoryConfig, MemoryOverrides, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
 from worldmodel.train import NoiseLevelBias, averaged
 
@@ -63,9 +63,6 @@ class FinetuneConfig(MemoryOverrides, NoiseLevelBias):
     outer_chunks: str = field(default="all", metadata={
         "help": "chunks the outer loss learns: all (Alg. 1b) | return (only the task's return phase, the chunks "
                 "a memory of the first phase should help)"})
-    memory_targets: str | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory",
-        "help": f"target modules: {', '.join(TARGETS)} (default: --from's, else {MemoryConfig.targets})"})
     memory_rank: int | None = field(default=None, metadata={
         "group": "Temp-LoRA memory", "help": f"rank, alpha = rank (default: --from's, else {MemoryConfig.rank})"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
@@ -175,8 +172,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
     val_chunks = [episode_chunks(dataset, e, model, cfg.max_chunks) for e in range(len(data) - n_val, len(data))]
 
     memory = EpisodeMemory(model, cfg.memory_config(
-        model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None,
-        targets=cfg.memory_targets, seed=cfg.seed))
+        model, rank=cfg.memory_rank, alpha=float(cfg.memory_rank) if cfg.memory_rank else None, seed=cfg.seed))
     model.config.temp_lora = memory.config.to_dict()  # the finetuned base is read with this memory
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(base_parameters(model.unet), lr=cfg.lr, weight_decay=0.0)

@@ -1,7 +1,7 @@
 """bench_recall.py with one more Temp-LoRA target set, "all": attention, feed-forward and ResNet convolutions.
 
 Session 20's capacity probe (README.md there); the target set is added for this run only. Arguments are
-bench_recall.py's, e.g. ``--targets all --learn-from return``.
+bench_recall.py's, e.g. ``--memory-targets all --learn-from return``.
 """
 import runpy
 import sys
