@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.config import ConfigError, parse, to_yaml
+from jobconfig import ConfigError, parse, to_yaml
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 import envs
 import tasks
-from agent.config import ConfigError, load_yaml, to_yaml
 from agent.plan import PlanConfig, plan_episode
 from agent.planner import MEMORY_SOURCES
 from envs.collect import padded_expert_actions, rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
+from jobconfig import ConfigError, load_yaml, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MemoryOverrides
 from worldmodel.model import VideoWorldModel

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from agent.config import ConfigError
 from agent.decompose import allowed_subgoals, validate
 from agent.llm import SYSTEM_PROMPT
+from jobconfig import ConfigError
 from tasks.base import Subgoal
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 import envs
 import tasks
-from agent.config import ConfigError, to_yaml
 from agent.decompose import rules
 from agent.planner import MEMORY_SOURCES, Planner
 from inverse_dynamics.model import InverseDynamicsModel
+from jobconfig import ConfigError, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MEMORY_MODES, MemoryOverrides
 from worldmodel.model import VideoWorldModel

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from agent.config import open_run_log, to_yaml
 from envs.dataset import FramePairDataset, load_dataset
 from inverse_dynamics.model import CONTINUOUS_TARGETS, IDMConfig, InverseDynamicsModel, action_spec, split_actions
+from jobconfig import open_run_log, to_yaml
 
 
 @dataclass

@@ -91,7 +91,7 @@ def test_branches_record_the_other_first_legs_from_the_same_start(tmp_path):
 
 def test_parallel_collection_writes_the_same_dataset_as_one_process(tmp_path):
     from agent.cli import CollectConfig
-    from agent.config import ConfigError
+    from jobconfig import ConfigError
     from envs.collect import collect
 
     one, two = tmp_path / "one", tmp_path / "two"

@@ -34,8 +34,8 @@ import yaml
 from tqdm import tqdm
 
 import tasks
-from agent.config import to_yaml
 from envs.dataset import load_dataset, write_episode
+from jobconfig import to_yaml
 from worldmodel.generate import default_checkpoint
 from worldmodel.model import VideoWorldModel
 

@@ -49,7 +49,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from agent.config import add_fields
+from jobconfig import add_fields
 from worldmodel.model import VideoWorldModel
 
 ADAPTER = "temp_lora"

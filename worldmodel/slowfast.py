@@ -38,8 +38,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 import tasks
-from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
+from jobconfig import open_run_log, to_yaml
 from worldmodel.memory import EpisodeMemory, MemoryConfig, MemoryOverrides, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
 from worldmodel.train import NoiseLevelBias, averaged

@@ -28,8 +28,8 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
-from agent.config import open_run_log, to_yaml
 from envs.dataset import ChunkDataset, load_dataset
+from jobconfig import open_run_log, to_yaml
 from worldmodel.model import PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, with_text_in_time_embedding
 
 
