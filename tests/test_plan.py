@@ -210,6 +210,13 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     stamp = (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime
     assert main(args) == 0  # a rerun skips finished episodes
     assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
+    # A folder written before an option existed lacks it in its config.yaml; the option's default stands in.
+    config = tmp_path / "eval" / "config.yaml"
+    lines = config.read_text().splitlines(keepends=True)
+    config.write_text("".join(line for line in lines if not line.startswith("memory_targets:")))
+    assert len(config.read_text().splitlines()) == len(lines) - 1
+    assert main(args) == 0
+    assert (tmp_path / "eval" / "episodes" / "no-memory" / "seed_10001" / "episode.json").stat().st_mtime == stamp
     assert main([*args[:5], "--variants", "slow-fast", *args[7:]]) == 2
     assert "slowfast finetune" in capsys.readouterr().err
     assert main([*args, "--expert-first-phase"]) == 2  # would mix in episodes of another setting
