@@ -2,11 +2,13 @@
 
     python scripts/compare_evaluations.py runs/eval_a:temp-lora runs/eval_b:no-memory
     python scripts/compare_evaluations.py runs/d0:no-memory,runs/d1:no-memory runs/e0:no-memory,runs/e1:no-memory
+    python scripts/compare_evaluations.py runs/s0_d0:slow-fast,runs/s0_d1:slow-fast+runs/s40_d0:slow-fast,... ...
 
 Each side is one ``FOLDER:ROW`` or several joined by commas, e.g. the same row run with
 ``--draw 0`` and ``--draw 1``: a seed's distance is then its mean over the draws that ran it,
 which takes the planner's own chance out of the comparison (a retrace seed's distance moves by
-~1.5 blocks from one draw to the next). Only seeds every listed row ran are compared. Prints
+~1.5 blocks from one draw to the next). Only seeds every comma-joined row ran are compared.
+``+`` pools such groups run on other seeds (e.g. seeds 0-39 and 40-79) into one side. Prints
 the paired comparison of ``slowfast evaluate`` (mean difference A - B, 95 % bootstrap interval,
 A lower / higher, Wilcoxon p, ratio of means) as one JSON line.
 """
@@ -39,12 +41,25 @@ def seed_means(side: str) -> dict[int, float]:
     return {seed: float(np.mean([d[seed] for d in per_item])) for seed in seeds}
 
 
+def pooled_seed_means(side: str) -> dict[int, float]:
+    """``seed_means`` of each ``+``-joined group of ``side``, pooled; the groups must not share a seed."""
+    pooled: dict[int, float] = {}
+    for group in side.split("+"):
+        means = seed_means(group)
+        shared = sorted(set(pooled) & set(means))
+        if shared:
+            raise SystemExit(f"error: seeds {shared[:5]} are in two '+' groups of {side!r}; join draws of the same "
+                             "seeds with ',' and groups of other seeds with '+'")
+        pooled |= means
+    return pooled
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", help="FOLDER:ROW[,FOLDER:ROW...]")
-    parser.add_argument("b", help="FOLDER:ROW[,FOLDER:ROW...]")
+    parser.add_argument("a", help="FOLDER:ROW[,FOLDER:ROW...][+FOLDER:ROW[,...]...]")
+    parser.add_argument("b", help="FOLDER:ROW[,FOLDER:ROW...][+FOLDER:ROW[,...]...]")
     args = parser.parse_args(argv)
-    a, b = seed_means(args.a), seed_means(args.b)
+    a, b = pooled_seed_means(args.a), pooled_seed_means(args.b)
     if not set(a) & set(b):
         raise SystemExit("error: the two sides share no seed")
     rows = [{"per_episode": [{"seed": s, "distance": d} for s, d in side.items()]} for side in (a, b)]

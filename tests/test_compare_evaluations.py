@@ -26,6 +26,19 @@ def test_draws_are_averaged_per_seed_and_only_shared_seeds_compared(tmp_path, ca
     assert result["mean_difference"] == pytest.approx(-2.0) and (result["a_lower"], result["a_higher"]) == (3, 0)
 
 
+def test_groups_of_other_seeds_are_pooled_and_may_not_overlap(tmp_path, capsys):
+    first = [_evaluation(tmp_path / f"first{k}", "slow-fast", {0: 1.0 + k, 1: 2.0}) for k in range(2)]
+    later = _evaluation(tmp_path / "later", "slow-fast", {2: 4.0, 3: 0.0})
+    pooled = f"{first[0]},{first[1]}+{later}"
+    assert compare.pooled_seed_means(pooled) == {0: 1.5, 1: 2.0, 2: 4.0, 3: 0.0}
+    other = _evaluation(tmp_path / "b", "no-memory", {0: 2.5, 1: 2.0, 2: 5.0, 3: 1.0})
+    assert compare.main([pooled, other]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 4 and result["mean_difference"] == pytest.approx(-0.75)
+    with pytest.raises(SystemExit, match=r"seeds \[0, 1\] are in two '\+' groups"):
+        compare.pooled_seed_means(f"{first[0]}+{first[1]}")
+
+
 def test_bad_sides_name_the_problem(tmp_path):
     row = _evaluation(tmp_path / "a", "no-memory", {0: 1.0})
     for side, message in [(f"{tmp_path / 'a'}:slow-fast", "has no row 'slow-fast'; it has no-memory"),
