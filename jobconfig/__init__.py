@@ -91,6 +91,15 @@ def add_fields(parser: argparse.ArgumentParser, cls) -> None:
                             help=_with_default(f.metadata.get("help", ""), default))
 
 
+def from_args(cls, parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The dataclass ``cls`` from the options ``add_fields`` put on ``parser``: fields not given keep their
+    defaults, and a value the dataclass rejects exits through ``parser.error``."""
+    try:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def load_yaml(cls, path: Path) -> dict:
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}

@@ -32,9 +32,10 @@ import numpy as np
 
 import envs
 from envs.collect import rollout_expert
+from jobconfig import add_fields, from_args
 from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import EpisodeMemory, add_memory_arguments, memory_overrides
+from worldmodel.memory import EpisodeMemory, MemoryOverrides
 from worldmodel.model import VideoWorldModel
 from worldmodel.video_io import psnr
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--task", default="retrace")
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=1)
-    add_memory_arguments(parser)
+    add_fields(parser, MemoryOverrides)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--static-tolerance", type=float, default=None,
@@ -89,7 +90,7 @@ def main() -> None:
     seconds = {m: [] for m in ("none", "temp-lora") if m in modes}
     memory_seconds = {"update": [], "merge": []}
     seeds = list(range(args.seed, args.seed + args.episodes))
-    overrides = memory_overrides(parser, args)
+    overrides = from_args(MemoryOverrides, parser, args)
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]

@@ -42,9 +42,10 @@ from tqdm import tqdm
 
 import envs
 from envs.collect import rollout_expert
+from jobconfig import add_fields, from_args
 from tasks.retrace import DIRECTIONS
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import ADAPTER, EpisodeMemory, add_memory_arguments, memory_overrides
+from worldmodel.memory import ADAPTER, EpisodeMemory, MemoryOverrides
 from worldmodel.model import VideoWorldModel
 
 
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=300, help="episodes in all, the last --test of them held out")
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--checkpoint", default=None, help="world model folder (default: the shipped base)")
-    add_memory_arguments(parser)
+    add_fields(parser, MemoryOverrides)
     parser.add_argument("--timestep", type=int, default=999, help="noise level of the effect readout")
     parser.add_argument("--legs", type=int, default=3, help="legs of the way out (planning's episodes have 3)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -136,7 +137,7 @@ def main() -> None:
     model.unet.eval()
     if not 0 <= args.timestep < model.config.num_train_timesteps:
         parser.error(f"--timestep must lie in [0, {model.config.num_train_timesteps}), got {args.timestep}")
-    memory = EpisodeMemory(model, memory_overrides(parser, args).memory_config(model, seed=args.seed))
+    memory = EpisodeMemory(model, from_args(MemoryOverrides, parser, args).memory_config(model, seed=args.seed))
     env = envs.make("retrace", num_legs=args.legs)
     expert = envs.expert_for(env)
     seeds = list(range(args.seed, args.seed + args.episodes))

@@ -28,8 +28,9 @@ import torch
 
 import envs
 from envs.collect import rollout_expert
+from jobconfig import add_fields, from_args
 from worldmodel.generate import default_checkpoint
-from worldmodel.memory import EpisodeMemory, add_memory_arguments, memory_overrides
+from worldmodel.memory import EpisodeMemory, MemoryOverrides
 from worldmodel.model import VideoWorldModel
 
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--checkpoint", default=None, help="world model folder (default: the shipped base)")
-    add_memory_arguments(parser)
+    add_fields(parser, MemoryOverrides)
     parser.add_argument("--learn-from", choices=("outbound", "return"), default="outbound",
                         help="the half the memory learns; 'return' is the upper bound described above")
     parser.add_argument("--timesteps", default="", help="comma-separated fixed t to report as well, e.g. 700,999")
@@ -84,7 +85,7 @@ def main() -> None:
         parser.error(f"--timesteps takes comma-separated integers, got {args.timesteps!r}")
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     model.unet.eval()
-    memory = EpisodeMemory(model, memory_overrides(parser, args).memory_config(model))
+    memory = EpisodeMemory(model, from_args(MemoryOverrides, parser, args).memory_config(model))
     bad = [t for t in timesteps if not 0 <= t < model.config.num_train_timesteps]
     if bad:
         parser.error(f"--timesteps must lie in [0, {model.config.num_train_timesteps}), got {bad}")

@@ -4,8 +4,9 @@ import hashlib
 import pytest
 import torch
 
+from jobconfig import add_fields, from_args
 from worldmodel.memory import (EpisodeMemory, EpisodeMemoryError, MemoryConfig, MemoryOverrides, adapter_parameters,
-                               add_memory_arguments, base_parameters, memory_overrides)
+                               base_parameters)
 from worldmodel.model import VideoWorldModel, WorldModelConfig
 
 from helpers import TINY
@@ -235,15 +236,16 @@ def test_the_memory_leaves_the_base_weights_requires_grad_flags_as_the_caller_se
 
 def test_benchmark_memory_options_are_the_jobs_and_override_only_what_is_given():
     parser = argparse.ArgumentParser()
-    add_memory_arguments(parser)
+    add_fields(parser, MemoryOverrides)
     model = VideoWorldModel(WorldModelConfig(**TINY, temp_lora={"steps": 4, "lr": 1e-3, "crop": 8}))
-    given = memory_overrides(parser, parser.parse_args(
+    given = from_args(MemoryOverrides, parser, parser.parse_args(
         ["--memory-steps", "2", "--memory-variant", "original", "--memory-reverse", "false",
          "--memory-targets", "spatial+temporal"])).memory_config(model)
     assert (given.steps, given.variant, given.reverse, given.targets, given.lr, given.crop) == (
         2, "original", False, "spatial+temporal", 1e-3, 8)
-    assert memory_overrides(parser, parser.parse_args([])).memory_config(model) == MemoryConfig.for_model(model)
+    nothing_given = from_args(MemoryOverrides, parser, parser.parse_args([]))
+    assert nothing_given.memory_config(model) == MemoryConfig.for_model(model)
     with pytest.raises(SystemExit):
-        memory_overrides(parser, parser.parse_args(["--memory-variant", "nonsense"]))
+        from_args(MemoryOverrides, parser, parser.parse_args(["--memory-variant", "nonsense"]))
     with pytest.raises(EpisodeMemoryError, match="--memory-targets"):
         MemoryOverrides(memory_targets="everything")

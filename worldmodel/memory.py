@@ -38,7 +38,6 @@ backward pass stops there instead of running through the whole UNet (cheaper ste
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -49,7 +48,6 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from jobconfig import add_fields
 from worldmodel.model import VideoWorldModel
 
 ADAPTER = "temp_lora"
@@ -151,21 +149,6 @@ class MemoryOverrides:
         """``model``'s Temp-LoRA settings with these overrides (and ``more``) applied."""
         overrides = {name.removeprefix("memory_"): value for name, value in self.memory_options().items()}
         return MemoryConfig.for_model(model, **overrides, **more)
-
-
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """``MemoryOverrides``' options on a benchmark script's parser, spelled as on the jobs'
-    (``memory_overrides`` reads them back)."""
-    add_fields(parser, MemoryOverrides)
-
-
-def memory_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MemoryOverrides:
-    """The ``MemoryOverrides`` given to ``parser`` (set up by ``add_memory_arguments``; None where
-    absent); a bad value exits through ``parser.error``."""
-    try:
-        return MemoryOverrides(**{f.name: getattr(args, f.name, None) for f in fields(MemoryOverrides)})
-    except EpisodeMemoryError as error:
-        parser.error(str(error))
 
 
 def inject(model: VideoWorldModel, config: MemoryConfig) -> None:
