@@ -7,7 +7,7 @@ import torch
 from envs.dataset import ChunkDataset
 from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, WorldModelConfig
-from worldmodel.slowfast import FinetuneConfig, episode_chunks, inner_loop, outer_loss, run_finetune
+from worldmodel.slowfast import FinetuneConfig, episode_chunks, inner_loop, outer_loss, run_finetune, validation
 
 from helpers import TINY as TINY_UNET
 
@@ -62,6 +62,20 @@ def test_outer_update_changes_phi_and_keeps_theta_frozen(tiny_base, cubes_datase
     assert _hash(base_parameters(model.unet)) != phi
 
 
+def test_validation_reads_each_episode_with_its_own_and_another_episodes_memory(tiny_base, cubes_dataset):
+    root, _ = cubes_dataset
+    model = VideoWorldModel.from_pretrained(tiny_base)
+    memory = EpisodeMemory(model, MemoryConfig(rank=4, lr=3e-2, steps=2))
+    dataset = ChunkDataset(root, 4)
+    episodes = [episode_chunks(dataset, e, model)[:3] for e in (0, 1)]
+    two = validation(model, memory, episodes, 0, None, None)
+    assert len({two["val_loss_memory"], two["val_loss_other_memory"], two["val_loss_no_memory"]}) == 3
+    # the same episode twice: its "other" memory is its own, and the losses match exactly
+    same = validation(model, memory, [episodes[0], episodes[0]], 0, None, None)
+    assert same["val_loss_other_memory"] == same["val_loss_memory"] != same["val_loss_no_memory"]
+    assert validation(model, memory, episodes[:1], 0, None, None)["val_loss_other_memory"] == ""
+
+
 def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dataset, tmp_path):
     root, _ = cubes_dataset
     common = dict(task="return_cubes", from_checkpoint=str(tiny_base), data=str(root), out=str(tmp_path / "ft"),
@@ -72,6 +86,7 @@ def test_finetune_job_resumes_and_saves_a_plain_world_model(tiny_base, cubes_dat
         rows = list(csv.DictReader(f))
     assert [r["episodes_done"] for r in rows] == ["1", "2"]
     assert float(rows[-1]["val_loss_memory"]) > 0 and float(rows[-1]["val_loss_no_memory"]) > 0
+    assert rows[-1]["val_loss_other_memory"] == ""  # one held-out episode has no other to compare with
     tuned = VideoWorldModel.from_pretrained(tmp_path / "ft")
     assert not any("lora" in k for k in tuned.unet.state_dict())
     # the base carries the memory it learned to read: rank 4 (alpha = rank), 2 steps at lr 3e-3, ...

@@ -18,7 +18,8 @@ Repeated for ``epochs``. The finetuned base (without adapter; an EMA of Phi, as 
 training saves) is saved like any world model, with the Temp-LoRA settings it learned
 to read in its config (``temp_lora``), so planning uses the same memory.
 ``OUT/log.csv`` has the outer loss with memory, and at every checkpoint the validation
-loss (EMA weights) on held-out episodes with their own memory and without any.
+loss (EMA weights) on held-out episodes with their own memory, without any, and with
+another held-out episode's (the control that tells an episodic memory from a bias).
 Resumable after a kill: the state is saved with every checkpoint
 (``--save-every`` episodes) and a resumed run repeats the episodes after it.
 """
@@ -134,17 +135,24 @@ def outer_pairs(chunks: list[dict], kinds: tuple[str, ...] | None) -> list[int]:
 def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int,
                kinds: tuple[str, ...] | None, timestep_weights: torch.Tensor | None) -> dict:
     """Loss on the held-out pairs and noise levels the outer loss learns, with the episode's
-    own memory and with the adapter zeroed (the same noise for both)."""
-    with_memory, without = [], []
-    for chunks in episodes:
-        with torch.enable_grad():
-            snapshots = inner_loop(memory, chunks)
-        zero = {k: torch.zeros_like(v) for k, v in snapshots[0].items()}
+    own memory, with the adapter zeroed, and (two or more episodes) with the next held-out
+    episode's memory at the same chunk: a base that reads its memory episodically does
+    best with its own, one that learned a bias any memory carries does as well with another's.
+    The same noise for all three."""
+    with torch.enable_grad():
+        snapshots = [inner_loop(memory, chunks) for chunks in episodes]
+    zero = {k: torch.zeros_like(v) for k, v in snapshots[0][0].items()}
+    losses = {"val_loss_memory": [], "val_loss_no_memory": [], "val_loss_other_memory": []}
+    for e, chunks in enumerate(episodes):
+        other = snapshots[(e + 1) % len(episodes)]
         for i in outer_pairs(chunks, kinds):
-            for snapshot, losses in ((snapshots[i], with_memory), (zero, without)):
+            readings = {"val_loss_memory": snapshots[e][i], "val_loss_no_memory": zero}
+            if len(episodes) > 1:
+                readings["val_loss_other_memory"] = other[min(i, len(other) - 1)]
+            for name, snapshot in readings.items():
                 g = torch.Generator().manual_seed(seed + i)
-                losses.append(outer_loss(model, memory, snapshot, chunks[i + 1], 2, g, timestep_weights).item())
-    return {"val_loss_memory": float(np.mean(with_memory)), "val_loss_no_memory": float(np.mean(without))}
+                losses[name].append(outer_loss(model, memory, snapshot, chunks[i + 1], 2, g, timestep_weights).item())
+    return {name: float(np.mean(values)) if values else "" for name, values in losses.items()}
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:
@@ -191,7 +199,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
     (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False)))
     log_file, log = open_run_log(out / "log.csv", ["episodes_done", "epoch", "episode", "loss_memory",
                                                    "val_loss_memory", "val_loss_no_memory", "inner_seconds",
-                                                   "outer_seconds"], cfg.resume, done)
+                                                   "outer_seconds", "val_loss_other_memory"], cfg.resume, done)
     schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
     kinds = tasks.get(cfg.task).RETURN_KINDS if cfg.outer_chunks == "return" else None
     # Uniform levels keep the draws (and so the runs) of the loop before the option existed.
@@ -234,7 +242,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
             snapshot_file.unlink()
         done += 1
         bar.update(1)
-        val = {"val_loss_memory": "", "val_loss_no_memory": ""}
+        val = {"val_loss_memory": "", "val_loss_no_memory": "", "val_loss_other_memory": ""}
         if done % cfg.save_every == 0 or done == len(schedule):
             accelerator.save_state(str(state_dir))
             (state_dir / "progress.json").write_text(json.dumps({"episodes_done": done}))
@@ -245,7 +253,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                 clean.load_state_dict(base_state_dict(accelerator.unwrap_model(unet)))
             VideoWorldModel(model.config, clean, model.text_encoder).save_pretrained(out)
         log.writerow([done, epoch, episode, float(np.mean(losses)) if losses else "", val["val_loss_memory"],
-                      val["val_loss_no_memory"], round(inner_seconds, 2), round(outer_seconds, 2)])
+                      val["val_loss_no_memory"], round(inner_seconds, 2), round(outer_seconds, 2),
+                      val["val_loss_other_memory"]])
         log_file.flush()
     bar.close()
     log_file.close()
