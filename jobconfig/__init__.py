@@ -9,6 +9,7 @@ Validation lives in each dataclass's ``__post_init__`` and raises ``ValueError``
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import types
 import typing
@@ -138,8 +139,6 @@ def to_yaml(config) -> str:
 def open_run_log(path: Path, header: list[str], resume: bool, resumed_at: int):
     """Open a run's CSV log for appending; on resume, rows written after the restored checkpoint are
     dropped because those steps are trained again and would otherwise appear twice."""
-    import csv
-
     rows = []
     if resume and path.exists():
         with path.open(newline="") as existing:

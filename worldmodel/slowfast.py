@@ -46,6 +46,11 @@ from worldmodel.model import VideoWorldModel, build_unet
 from worldmodel.train import NoiseLevelBias, averaged
 
 
+# val_loss_other_memory came last, so run folders logged before it resume under this header.
+LOG_COLUMNS = ("episodes_done", "epoch", "episode", "loss_memory", "val_loss_memory", "val_loss_no_memory",
+               "inner_seconds", "outer_seconds", "val_loss_other_memory")
+
+
 @dataclass
 class FinetuneConfig(MemoryOverrides, NoiseLevelBias):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
@@ -132,27 +137,35 @@ def outer_pairs(chunks: list[dict], kinds: tuple[str, ...] | None) -> list[int]:
 
 
 @torch.no_grad()
-def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int,
-               kinds: tuple[str, ...] | None, timestep_weights: torch.Tensor | None) -> dict:
-    """Loss on the held-out pairs and noise levels the outer loss learns, with the episode's
-    own memory, with the adapter zeroed, and (two or more episodes) with the next held-out
-    episode's memory at the same chunk: a base that reads its memory episodically does
-    best with its own, one that learned a bias any memory carries does as well with another's.
-    The same noise for all three."""
+def memory_readings(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int,
+                    kinds: tuple[str, ...] | None, timestep_weights: torch.Tensor | None) -> dict[str, list[float]]:
+    """Loss of every held-out pair the outer loss learns, with the episode's own memory
+    (``memory``), with the adapter zeroed (``no_memory``), and (two or more episodes) with
+    the next held-out episode's memory at the same chunk (``other_memory``): a base that
+    reads its memory episodically does best with its own, one that learned a bias any
+    memory carries does as well with another's. The same noise for all three; the lists
+    are aligned pair by pair."""
     with torch.enable_grad():
         snapshots = [inner_loop(memory, chunks) for chunks in episodes]
     zero = {k: torch.zeros_like(v) for k, v in snapshots[0][0].items()}
-    losses = {"val_loss_memory": [], "val_loss_no_memory": [], "val_loss_other_memory": []}
+    losses = {"memory": [], "no_memory": [], "other_memory": []}
     for e, chunks in enumerate(episodes):
         other = snapshots[(e + 1) % len(episodes)]
         for i in outer_pairs(chunks, kinds):
-            readings = {"val_loss_memory": snapshots[e][i], "val_loss_no_memory": zero}
+            readings = {"memory": snapshots[e][i], "no_memory": zero}
             if len(episodes) > 1:
-                readings["val_loss_other_memory"] = other[min(i, len(other) - 1)]
+                readings["other_memory"] = other[min(i, len(other) - 1)]
             for name, snapshot in readings.items():
                 g = torch.Generator().manual_seed(seed + i)
                 losses[name].append(outer_loss(model, memory, snapshot, chunks[i + 1], 2, g, timestep_weights).item())
-    return {name: float(np.mean(values)) if values else "" for name, values in losses.items()}
+    return losses
+
+
+def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[list[dict]], seed: int,
+               kinds: tuple[str, ...] | None, timestep_weights: torch.Tensor | None) -> dict:
+    """The mean of each of ``memory_readings``, as the log's ``val_loss_*`` cells ("" if none)."""
+    losses = memory_readings(model, memory, episodes, seed, kinds, timestep_weights)
+    return {f"val_loss_{name}": float(np.mean(values)) if values else "" for name, values in losses.items()}
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:
@@ -197,9 +210,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         done = json.loads((state_dir / "progress.json").read_text())["episodes_done"]
     # Rewritten on resume too, so a raised --max-episodes/--epochs stays with the run.
     (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=False)))
-    log_file, log = open_run_log(out / "log.csv", ["episodes_done", "epoch", "episode", "loss_memory",
-                                                   "val_loss_memory", "val_loss_no_memory", "inner_seconds",
-                                                   "outer_seconds", "val_loss_other_memory"], cfg.resume, done)
+    log_file, log = open_run_log(out / "log.csv", list(LOG_COLUMNS), cfg.resume, done)
     schedule = [(epoch, e) for epoch in range(cfg.epochs) for e in train_eps]
     kinds = tasks.get(cfg.task).RETURN_KINDS if cfg.outer_chunks == "return" else None
     # Uniform levels keep the draws (and so the runs) of the loop before the option existed.
@@ -242,19 +253,19 @@ def run_finetune(cfg: FinetuneConfig) -> int:
             snapshot_file.unlink()
         done += 1
         bar.update(1)
-        val = {"val_loss_memory": "", "val_loss_no_memory": "", "val_loss_other_memory": ""}
+        row = {"episodes_done": done, "epoch": epoch, "episode": episode,
+               "loss_memory": float(np.mean(losses)) if losses else "",
+               "inner_seconds": round(inner_seconds, 2), "outer_seconds": round(outer_seconds, 2)}
         if done % cfg.save_every == 0 or done == len(schedule):
             accelerator.save_state(str(state_dir))
             (state_dir / "progress.json").write_text(json.dumps({"episodes_done": done}))
             with averaged(ema, base_parameters(unet)):
                 if val_chunks:
-                    val = validation(model, memory, val_chunks, cfg.seed, kinds, weights)
+                    row |= validation(model, memory, val_chunks, cfg.seed, kinds, weights)
                 clean = build_unet(model.config)
                 clean.load_state_dict(base_state_dict(accelerator.unwrap_model(unet)))
             VideoWorldModel(model.config, clean, model.text_encoder).save_pretrained(out)
-        log.writerow([done, epoch, episode, float(np.mean(losses)) if losses else "", val["val_loss_memory"],
-                      val["val_loss_no_memory"], round(inner_seconds, 2), round(outer_seconds, 2),
-                      val["val_loss_other_memory"]])
+        log.writerow([row.get(column, "") for column in LOG_COLUMNS])
         log_file.flush()
     bar.close()
     log_file.close()
