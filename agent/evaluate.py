@@ -160,20 +160,25 @@ def summarise(per_episode: list[dict]) -> dict:
     return summary
 
 
-def paired(a: dict, b: dict, resamples: int = 10_000) -> dict:
-    """Row ``a`` against row ``b`` on the seeds both ran: distance differences a - b, a 95 %
-    percentile-bootstrap interval of their mean (fixed RNG, so a rerun writes the same table),
-    how often ``a`` was lower / higher, the two-sided Wilcoxon signed-rank p and the ratio of means."""
-    b_by_seed = {e["seed"]: e["distance"] for e in b["per_episode"]}
-    pairs = [(e["distance"], b_by_seed[e["seed"]]) for e in a["per_episode"] if e["seed"] in b_by_seed]
-    da, db = np.array(pairs).T
+def paired_differences(a, b, resamples: int = 10_000) -> dict:
+    """Paired samples ``a`` against ``b``: the mean of a - b with a 95 % percentile-bootstrap
+    interval (fixed RNG, so a rerun writes the same numbers), how often ``a`` was lower /
+    higher, the two-sided Wilcoxon signed-rank p and the ratio of means."""
+    da, db = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = da - db
     means = diff[np.random.default_rng(0).integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
-    return {"episodes": len(diff), "mean_difference": float(diff.mean()),
+    return {"mean_difference": float(diff.mean()),
             "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
             "a_lower": int((diff < 0).sum()), "a_higher": int((diff > 0).sum()),
             "p_value": float(wilcoxon(diff).pvalue) if np.any(diff) else 1.0,
             "ratio": float(da.mean() / db.mean()) if db.mean() else None}
+
+
+def paired(a: dict, b: dict, resamples: int = 10_000) -> dict:
+    """Row ``a`` against row ``b`` on the seeds both ran: ``paired_differences`` of their distances."""
+    b_by_seed = {e["seed"]: e["distance"] for e in b["per_episode"]}
+    da, db = np.array([(e["distance"], b_by_seed[e["seed"]]) for e in a["per_episode"] if e["seed"] in b_by_seed]).T
+    return {"episodes": len(da), **paired_differences(da, db, resamples)}
 
 
 def paired_claims(variants: dict) -> list[dict]:

@@ -12,7 +12,7 @@ to the top of the schedule with ``--high-noise-portion/--high-noise-weight`` as 
 
 A model that uses what its memory holds has memory < other_memory; one that only learned a
 bias any adapter of that size carries has memory ~ other_memory < no_memory. Differences are
-paired pair by pair, with a 95 % t interval and a Wilcoxon signed-rank p-value.
+paired pair by pair (``agent.evaluate.paired_differences``: 95 % bootstrap interval, Wilcoxon p).
 Last output line: one JSON object.
 
 Usage: python scripts/bench_memory_readout.py [--task retrace] [--checkpoint DIR] [--seed 10000]
@@ -29,9 +29,9 @@ import tempfile
 
 import numpy as np
 import torch
-from scipy import stats
 
 import tasks
+from agent.evaluate import paired_differences
 from envs.collect import collect
 from envs.dataset import ChunkDataset
 from jobconfig import add_fields, from_args
@@ -40,14 +40,6 @@ from worldmodel.memory import EpisodeMemory, MemoryOverrides
 from worldmodel.model import VideoWorldModel
 from worldmodel.slowfast import episode_chunks, memory_readings
 from worldmodel.train import NoiseLevelBias
-
-
-def paired(a: list[float], b: list[float]) -> dict:
-    """mean(a - b) with its 95 % t interval and the Wilcoxon signed-rank p-value."""
-    d = np.asarray(a) - np.asarray(b)
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
-            "wilcoxon_p": float(stats.wilcoxon(d).pvalue)}
 
 
 def main() -> None:
@@ -65,16 +57,11 @@ def main() -> None:
     if args.episodes < 2:
         parser.error(f"--episodes must be >= 2 (other_memory reads another episode's), got {args.episodes}")
     levels = from_args(NoiseLevelBias, parser, args)
-    try:
-        levels.check_noise_levels()
-    except ValueError as error:
-        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     if model.config.task != args.task:
         parser.error(f"--checkpoint is a {model.config.task!r} model, not --task {args.task!r}")
-    model.unet.eval()
     memory = EpisodeMemory(model, from_args(MemoryOverrides, parser, args).memory_config(model, seed=args.seed))
     weights = None if levels.uniform_noise_levels else levels.timestep_weights(model.config.num_train_timesteps)
     kinds = tasks.get(args.task).RETURN_KINDS if args.outer_chunks == "return" else None
@@ -88,8 +75,8 @@ def main() -> None:
         "seeds": [args.seed, args.seed + args.episodes - 1], "pairs": len(losses["memory"]),
         "outer_chunks": args.outer_chunks, "noise_levels": dataclasses.asdict(levels), "memory": memory.config.to_dict(),
         "loss": {name: float(np.mean(values)) for name, values in losses.items()},
-        "memory_minus_no_memory": paired(losses["memory"], losses["no_memory"]),
-        "memory_minus_other_memory": paired(losses["memory"], losses["other_memory"])}))
+        "memory_minus_no_memory": paired_differences(losses["memory"], losses["no_memory"]),
+        "memory_minus_other_memory": paired_differences(losses["memory"], losses["other_memory"])}))
 
 
 if __name__ == "__main__":

@@ -191,3 +191,47 @@ def test_high_noise_loop_trains_and_validates_the_return_at_the_top_of_the_sched
     assert all(bool((c["timesteps"] >= 700).all()) for c in seen["high"])
     with pytest.raises(ValueError, match="--high-noise"):
         FinetuneConfig(high_noise_portion=0.3, high_noise_weight=0.0)
+
+
+def test_contrast_pushes_own_memory_below_the_previous_episodes_under_the_same_noise_and_resumes(
+        tiny_base, cubes_dataset, tmp_path, monkeypatch):
+    import worldmodel.slowfast as slowfast
+
+    root, _ = cubes_dataset
+    original = slowfast.outer_loss
+    calls = []
+
+    def recording(model, memory, snapshot, next_chunk, samples, generator, weights):
+        calls.append((snapshot, generator.get_state().clone()))
+        return original(model, memory, snapshot, next_chunk, samples, generator, weights)
+
+    monkeypatch.setattr(slowfast, "outer_loss", recording)
+    common = dict(task="return_cubes", from_checkpoint=str(tiny_base), data=str(root), val_episodes=0,
+                  noise_samples=1, memory_rank=4, memory_lr=3e-2, memory_steps=2, save_every=1, progress=False,
+                  max_episodes=2, epochs=2, max_chunks=3, lr=1e-3, ema_decay=0.0)
+    contrast = dict(contrast_weight=1.0, contrast_margin=10.0)  # a margin no loss gap reaches: always active
+    assert run_finetune(FinetuneConfig(**common, **contrast, out=str(tmp_path / "c"))) == 0
+    # episode 0 has no previous memory: one call a pair; later ones: the other memory without
+    # gradient, the own memory, the other memory again for its gradient, same noise for both
+    pairs = 2
+    assert len(calls) == pairs + 3 * 3 * pairs  # 4 episodes
+    for other_value, own, other in zip(*[iter(calls[pairs:])] * 3):
+        assert torch.equal(other_value[1], own[1]) and torch.equal(own[1], other[1])
+        assert other_value[0] is other[0] and own[0] is not other[0]
+    with open(tmp_path / "c" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["loss_other_memory"] == "" and float(rows[1]["loss_other_memory"]) > 0
+
+    assert run_finetune(FinetuneConfig(**common, out=str(tmp_path / "plain"))) == 0
+    with_contrast = VideoWorldModel.from_pretrained(tmp_path / "c").unet.state_dict()
+    plain = VideoWorldModel.from_pretrained(tmp_path / "plain").unet.state_dict()
+    assert any(not torch.equal(with_contrast[k], plain[k]) for k in plain)
+
+    # killed after 2 of the 4 episodes: the resumed run reads the saved previous memory and ends where the whole run did
+    first = FinetuneConfig(**{**common, "epochs": 1}, **contrast, out=str(tmp_path / "r"))
+    assert run_finetune(first) == 0
+    assert run_finetune(FinetuneConfig(**common, **contrast, out=str(tmp_path / "r"), resume=True)) == 0
+    resumed = VideoWorldModel.from_pretrained(tmp_path / "r").unet.state_dict()
+    assert all(torch.equal(resumed[k], with_contrast[k]) for k in with_contrast)
+    with pytest.raises(ValueError, match="--contrast-weight"):
+        FinetuneConfig(contrast_weight=-1.0)

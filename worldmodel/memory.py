@@ -140,6 +140,7 @@ class MemoryOverrides:
         for name in ("memory_steps", "memory_crop"):
             if (getattr(self, name) or 0) < 0:
                 raise EpisodeMemoryError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        getattr(super(), "__post_init__", lambda: None)()  # the next mixin's checks, if any
 
     def memory_options(self) -> dict:
         """These fields by name, to hand on to another job's config."""

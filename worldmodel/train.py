@@ -44,10 +44,11 @@ class NoiseLevelBias:
     high_noise_weight: float = field(default=1.0, metadata={
         "group": "noise levels", "help": "see --high-noise-portion; 1 = uniform"})
 
-    def check_noise_levels(self) -> None:
+    def __post_init__(self) -> None:
         if not (0 <= self.high_noise_portion < 1) or self.high_noise_weight <= 0:
             raise ValueError("--high-noise-portion must be in [0, 1) and --high-noise-weight > 0, got "
                              f"{self.high_noise_portion} and {self.high_noise_weight}")
+        getattr(super(), "__post_init__", lambda: None)()  # the next mixin's checks, if any
 
     @property
     def uniform_noise_levels(self) -> bool:
@@ -113,6 +114,7 @@ class TrainConfig(NoiseLevelBias):
         "help": "UNet target: v_prediction, epsilon or context_residual (see WorldModelConfig)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("max_steps", "batch_size", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -123,7 +125,6 @@ class TrainConfig(NoiseLevelBias):
                              f"got {self.prediction_type!r}")
         if self.context_noise < 0:
             raise ValueError(f"--context-noise must be >= 0, got {self.context_noise}")
-        self.check_noise_levels()
         if not (0 <= self.branch_portion < 1):
             raise ValueError(f"--branch-portion must be in [0, 1), got {self.branch_portion}")
         if self.latent_factor < 1:
