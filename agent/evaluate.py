@@ -75,8 +75,8 @@ class EvaluateConfig(MemoryOverrides):
     draw: int = field(default=0, metadata={
         "help": "the planners' noise draw (plan --draw); a folder per draw, paired by seed, shows how much of a "
                 "difference between variants the sampler's chance alone makes"})
-    checkpoint: str | None = field(default=None, metadata={"help": "task checkpoint folder "
-                                                           "(default: checkpoints/TASK)"})
+    checkpoint: str | None = field(default=None, metadata={"help": "task checkpoint folder",
+                                                           "default_text": "checkpoints/TASK"})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})

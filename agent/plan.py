@@ -33,18 +33,18 @@ class PlanConfig(MemoryOverrides):
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
     checkpoint: str | None = field(default=None, metadata={
-        "help": "folder with worldmodel/ and idm/ (default: the shipped checkpoints/TASK)"})
+        "help": "folder with worldmodel/ and idm/", "default_text": "the shipped checkpoints/TASK"})
     worldmodel: str | None = field(default=None, metadata={"help": "world model folder (overrides --checkpoint)"})
     seed: int = field(default=0, metadata={"help": "episode seed"})
     draw: int = field(default=0, metadata={
         "help": "the planner's noise draw: 0 seeds the sampler and the memory with the episode seed; another draw "
                 "imagines the same episode with other noise (how much of a score is the planner's own chance)"})
     out: str = field(default="runs/plan", metadata={"help": "output folder"})
-    goal: str | None = field(default=None, metadata={"help": "goal text (default: the episode's own goal)"})
+    goal: str | None = field(default=None, metadata={"help": "goal text", "default_text": "the episode's own goal"})
     llm: str = field(default="rules", metadata={
         "help": "decomposer: rules | local (SmolLM2-135M, offline) | openai (OPENAI_BASE_URL, OPENAI_API_KEY)"})
-    llm_model: str | None = field(default=None, metadata={"help": "model name for --llm openai "
-                                                          "(default: $SLOWFAST_LLM_MODEL)"})
+    llm_model: str | None = field(default=None, metadata={"help": "model name for --llm openai",
+                                                          "default_text": "$SLOWFAST_LLM_MODEL"})
     closed_loop: bool = field(default=True, metadata={"help": "condition on real observations (else imagined)"})
     memory_source: str = field(default="imagined", metadata={
         "help": "Temp-LoRA trains on each imagined chunk (Alg. 1a) or on the observed frames of that chunk"})

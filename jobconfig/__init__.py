@@ -58,9 +58,9 @@ def _converter(tp):
     return convert
 
 
-def _with_default(text: str, default) -> str:
-    # a help text that explains its own default (e.g. "the world model's own") keeps that explanation
-    return text if "default:" in text else f"{text} (default: {default})"
+def _help(metadata, default) -> str:
+    # a field whose default is resolved later (None = "the checkpoint's own") says so in metadata["default_text"]
+    return f"{metadata.get('help', '')} (default: {metadata.get('default_text', default)})"
 
 
 def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
@@ -89,7 +89,7 @@ def add_fields(parser: argparse.ArgumentParser, cls) -> None:
         choices = typing.get_args(inner) if typing.get_origin(inner) is typing.Literal else None
         target.add_argument(flag, dest=f.name, type=_converter(tp), default=argparse.SUPPRESS,
                             metavar=f.name.upper() if not choices else "{" + ",".join(choices) + "}",
-                            help=_with_default(f.metadata.get("help", ""), default))
+                            help=_help(f.metadata, default))
 
 
 def from_args(cls, parser: argparse.ArgumentParser, args: argparse.Namespace):

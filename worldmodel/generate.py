@@ -26,8 +26,8 @@ class GenerateConfig:
     seed: int = field(default=0, metadata={"help": "episode seed (first frame) and sampling seed"})
     actions: str = field(default="", metadata={"help": "comma-separated texts, one chunk each"})
     actions_file: str | None = field(default=None, metadata={"help": "file with one text per line"})
-    checkpoint: str | None = field(default=None, metadata={"help": "world model folder "
-                                                           "(default: checkpoints/TASK/worldmodel)"})
+    checkpoint: str | None = field(default=None, metadata={"help": "world model folder",
+                                                           "default_text": "checkpoints/TASK/worldmodel"})
     out: str = field(default="runs/generate", metadata={"help": "output folder"})
     fps: int = field(default=10, metadata={"help": "video frame rate"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

@@ -48,8 +48,8 @@ CONTENT_OPTIONS = ("task", "data", "checkpoint", "episodes", "return_chunks", "s
 class ImagineConfig:
     task: str = field(default="retrace", metadata={"help": "task the dataset and the world model are for"})
     data: str = field(default="data/retrace", metadata={"help": "collected dataset whose chunks are imagined"})
-    checkpoint: str | None = field(default=None, metadata={"help": "world model folder "
-                                                           "(default: checkpoints/TASK/worldmodel)"})
+    checkpoint: str | None = field(default=None, metadata={"help": "world model folder",
+                                                           "default_text": "checkpoints/TASK/worldmodel"})
     out: str = field(default="data/retrace_imagined", metadata={"help": "dataset folder to write"})
     episodes: int = field(default=0, metadata={"help": "imagine the first N source episodes (0 = all)"})
     return_chunks: bool = field(default=False, metadata={

@@ -108,7 +108,7 @@ class MemoryConfig:
 
 
 def _own(name: str) -> str:
-    return f"default: the world model's own, else {getattr(MemoryConfig, name)}"
+    return f"the world model's own, else {getattr(MemoryConfig, name)}"
 
 
 @dataclass
@@ -116,19 +116,20 @@ class MemoryOverrides:
     """The Temp-LoRA settings a job (plan, evaluate, finetune) may override on the command line;
     None keeps the world model's own (see ``MemoryConfig.for_model``)."""
     memory_steps: int | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"Adam steps per chunk ({_own('steps')})"})
+        "group": "Temp-LoRA memory", "help": "Adam steps per chunk", "default_text": _own("steps")})
     memory_lr: float | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"learning rate ({_own('lr')})"})
+        "group": "Temp-LoRA memory", "help": "learning rate", "default_text": _own("lr")})
     memory_crop: int | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory",
-        "help": f"side of the random latent square each step trains on, 0 = whole frames ({_own('crop')})"})
+        "group": "Temp-LoRA memory", "help": "side of the random latent square each step trains on, 0 = whole frames",
+        "default_text": _own("crop")})
     memory_variant: str | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"{' | '.join(VARIANTS)} ({_own('variant')})"})
+        "group": "Temp-LoRA memory", "help": " | ".join(VARIANTS), "default_text": _own("variant")})
     memory_reverse: bool | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory",
-        "help": f"also train on each window played backwards: true | false ({_own('reverse')})"})
+        "group": "Temp-LoRA memory", "help": "also train on each window played backwards: true | false",
+        "default_text": _own("reverse")})
     memory_targets: str | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"layers the adapter is on: {' | '.join(TARGETS)} ({_own('targets')})"})
+        "group": "Temp-LoRA memory", "help": f"layers the adapter is on: {' | '.join(TARGETS)}",
+        "default_text": _own("targets")})
 
     def __post_init__(self) -> None:
         if self.memory_variant is not None and self.memory_variant not in VARIANTS:

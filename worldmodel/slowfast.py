@@ -78,7 +78,8 @@ class FinetuneConfig(MemoryOverrides, NoiseLevelBias):
                 "the loss with the previous episode's memory (0: off, plain Alg. 1b)"})
     contrast_margin: float = field(default=0.05, metadata={"help": "the hinge's margin, in loss units"})
     memory_rank: int | None = field(default=None, metadata={
-        "group": "Temp-LoRA memory", "help": f"rank, alpha = rank (default: --from's, else {MemoryConfig.rank})"})
+        "group": "Temp-LoRA memory", "help": "rank, alpha = rank",
+        "default_text": f"--from's, else {MemoryConfig.rank}"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
     save_every: int = field(default=5, metadata={"help": "episodes between checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
