@@ -40,8 +40,10 @@ class CollectConfig:
     seed: int = field(default=0, metadata={"help": "episode i uses seed SEED + i"})
     out: str = field(default="data/return_cubes", metadata={"help": "dataset folder to write"})
     image_size: int = field(default=64, metadata={"help": "frame height and width in pixels"})
-    num_cubes: int | None = field(default=None, metadata={"help": "return_cubes: cubes in the scene"})
-    num_legs: int | None = field(default=None, metadata={"help": "retrace: legs of the outbound path"})
+    num_cubes: int | None = field(default=None, metadata={"help": "return_cubes: cubes in the scene",
+                                                                 "default_text": "the env's own"})
+    num_legs: int | None = field(default=None, metadata={"help": "retrace: legs of the outbound path",
+                                                                "default_text": "the env's own"})
     branches: bool = field(default=False, metadata={
         "help": "also record, from each episode's start, the expert doing the other first subgoals the task "
                 "allows (retrace: the first leg in each other clear direction; return_cubes: the first cube to "

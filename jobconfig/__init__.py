@@ -64,8 +64,7 @@ def _help(metadata, default) -> str:
 
 
 def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, help="YAML file with values for any of the options below")
     add_fields(parser, cls)
     return parser
