@@ -59,8 +59,10 @@ def _converter(tp):
 
 
 def _help(metadata, default) -> str:
-    # a field whose default is resolved later (None = "the checkpoint's own") says so in metadata["default_text"]
-    return f"{metadata.get('help', '')} (default: {metadata.get('default_text', default)})"
+    # A field whose default is resolved later (None = "the checkpoint's own") says so in
+    # metadata["default_text"]; any other None means the option is simply not set.
+    shown = metadata.get("default_text", default)
+    return metadata.get("help", "") if shown is None else f"{metadata.get('help', '')} (default: {shown})"
 
 
 def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
