@@ -61,8 +61,8 @@ def _converter(tp):
 def _help(metadata, default) -> str:
     # A field whose default is resolved later (None = "the checkpoint's own") says so in
     # metadata["default_text"]; any other None means the option is simply not set.
-    shown = metadata.get("default_text", default)
-    return metadata.get("help", "") if shown is None else f"{metadata.get('help', '')} (default: {shown})"
+    text, shown = metadata.get("help", ""), metadata.get("default_text", default)
+    return text if shown is None else f"{text} (default: {shown})"
 
 
 def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:

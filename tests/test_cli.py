@@ -47,7 +47,7 @@ def test_every_command_has_help():
     for command in ("collect", "envs", "plan", "train", "train-idm", "finetune", "generate", "imagine", "evaluate"):
         result = run(command, "--help")
         assert result.returncode == 0 and "--seed" in result.stdout and "--out" in result.stdout
-        assert "(default: None)" not in result.stdout  # a later-resolved default names what it resolves to
+        assert "(default: None)" not in result.stdout  # unset options print no default; later-resolved ones name theirs
     for command in ("plan", "evaluate", "finetune"):  # one shared set of memory options, grouped
         memory_help = run(command, "--help").stdout.split("Temp-LoRA memory options:")[1]
         for option in ("--memory-steps", "--memory-lr", "--memory-crop", "--memory-variant", "--memory-reverse"):
