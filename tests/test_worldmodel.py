@@ -11,7 +11,8 @@ import yaml
 
 from envs.dataset import load_dataset
 from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, VideoWorldModel, WorldModelConfig,
-                              build_unet, with_text_in_time_embedding)
+                              STILL_LOGIT, build_unet, with_motion_logits,
+                              with_text_in_time_embedding)
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
 from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
@@ -159,11 +160,15 @@ def test_a_tile_latent_model_trains_saves_and_imagines_whole_frames(retrace_data
     root, _ = retrace_dataset
     with pytest.raises(ValueError, match="--latent-factor"):
         TrainConfig(latent_factor=0)
+    with pytest.raises(ValueError, match="--motion-radius"):
+        TrainConfig(motion_radius=2, prediction_type="v_prediction")
     run_train(TrainConfig(task="retrace", data=str(root), out=str(tmp_path / "run"), max_steps=2, batch_size=2,
                           val_episodes=1, warmup_steps=1, progress=False, latent_factor=7, block_out_channels=(16, 32),
-                          attention_head_dim=2, norm_num_groups=8, prediction_type="context_residual"))
+                          attention_head_dim=2, norm_num_groups=8, prediction_type="context_residual",
+                          motion_radius=3))
     model = VideoWorldModel.from_pretrained(tmp_path / "run")
     assert (model.config.latent_factor, model.config.latent_size, model.config.latent_channels) == (7, 10, 147)
+    assert model.config.motion_radius == 3 and model.unet.config.out_channels == 147 + 49
     frames = load_dataset(root).load_episode(0)["frames"][:4]
     chunk = model.generate_chunk(model.latent.encode(frames[None]), ["go left for 3 steps"], num_steps=2,
                                  generator=torch.Generator().manual_seed(0))
@@ -344,6 +349,107 @@ def test_context_residual_output_zero_means_repeating_the_last_context_frame():
         VideoWorldModel(WorldModelConfig(**TINY, sampler="euler"))
     with pytest.raises(CheckpointError, match="guidance_rescale"):
         VideoWorldModel(WorldModelConfig(**TINY, guidance_rescale=-0.5))
+
+
+def _motion_model(radius=2):
+    torch.manual_seed(0)
+    config = WorldModelConfig(**TINY, prediction_type="context_residual", residual_std=0.7, motion_radius=radius)
+    return VideoWorldModel(config, with_motion_logits(build_unet(config), config))
+
+
+def test_motion_anchor_translates_the_last_frame_by_whole_cells_and_fills_with_its_mean():
+    model = _motion_model(radius=2)
+    last = torch.randn(1, model.config.latent_channels, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    k = model.config.motion_kernel
+    assert k == 25
+    logits = torch.full((1, k, 3), -1e4)
+    logits[0, k // 2, 0] = 0  # frame 0: untranslated
+    logits[0, k // 2 + 1, 1] = 0  # frame 1: the kernel's next column
+    logits[0, k // 2 - 5, 2] = 0  # frame 2: the row above
+    anchor = model.motion_anchor(last, logits)
+    mean = last.mean(dim=(-2, -1))
+    assert torch.allclose(anchor[:, :, 0], last[:, :, 0], atol=1e-5)
+    # One of the two neighbours in each axis is a one-cell shift; the uncovered line is the mean colour.
+    assert torch.allclose(anchor[:, :, 1, :, :-1], last[:, :, 0, :, 1:], atol=1e-5)
+    assert torch.allclose(anchor[:, :, 1, :, -1], mean.expand(-1, -1, 16), atol=1e-5)
+    assert torch.allclose(anchor[:, :, 2, 1:], last[:, :, 0, :-1], atol=1e-5)
+    assert torch.allclose(anchor[:, :, 2, 0], mean.expand(-1, -1, 16), atol=1e-5)
+    # Frames noised at a low t show their translation: with a flat prior the posterior finds it.
+    t = torch.tensor([50])
+    alpha, sigma = (v.view(-1, 1, 1, 1, 1) for v in model._alpha_sigma(t))
+    noise = torch.randn(anchor.shape, generator=torch.Generator().manual_seed(1))
+    found = model.motion_anchor(last, torch.zeros(1, k, 3), alpha * anchor + sigma * noise, t)
+    assert torch.allclose(found, anchor, atol=1e-4)
+    # At pure noise (zero terminal SNR) the frames say nothing, and the prior alone decides.
+    terminal = VideoWorldModel(replace(model.config, zero_terminal_snr=True), model.unet)
+    prior_only = terminal.motion_anchor(last, logits, noise, torch.tensor([999]))
+    assert torch.allclose(prior_only, anchor, atol=1e-5)
+
+
+def test_a_new_motion_head_keeps_the_latent_outputs_starts_unmoved_and_learns_through_the_anchor(tiny_model):
+    residual = VideoWorldModel(replace(tiny_model.config, prediction_type="context_residual", residual_std=0.7),
+                               copy.deepcopy(tiny_model.unet), tiny_model.text_encoder)
+    config = replace(residual.config, motion_radius=2)
+    grown = VideoWorldModel(config, with_motion_logits(copy.deepcopy(residual.unet), config), tiny_model.text_encoder)
+    context, target = _window(residual)
+    sample = residual.window_input(context, torch.tensor([4, 4]), target)
+    text = residual.embed(["go left", "go up"])
+    t = torch.tensor([100, 700])
+    before = residual.denoise(residual.unet, sample, t, text)
+    after = grown.denoise(grown.unet, sample, t, text)
+    c = config.latent_channels
+    assert after.shape[1] == c + 25 and torch.equal(after[:, :c], before)
+    logits = after[:, c:].mean(dim=(-2, -1))
+    assert torch.allclose(logits[:, 12], torch.full_like(logits[:, 12], STILL_LOGIT))
+    loss = grown.training_loss(context, torch.tensor([4, 4]), target, text, torch.Generator().manual_seed(0), t)
+    loss.backward()
+    # Only the anchor depends on the logit channels: their gradient is the motion head learning.
+    assert grown.unet.conv_out.weight.grad[c:].abs().sum() > 0
+    with pytest.raises(CheckpointError, match="output channels"):
+        VideoWorldModel(config, copy.deepcopy(residual.unet))
+    with pytest.raises(CheckpointError, match="context_residual"):
+        VideoWorldModel(replace(tiny_model.config, motion_radius=2))
+
+
+def test_a_motion_model_samples_reloads_identically_and_guides_the_anchor(tmp_path):
+    model = _motion_model(radius=1)
+    context, target = _window(model, batch=1)
+    chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == target.shape and torch.isfinite(chunk).all()
+    model.save_pretrained(tmp_path / "motion", dtype=torch.float32)
+    loaded = VideoWorldModel.from_pretrained(tmp_path / "motion")
+    assert loaded.config.motion_radius == 1
+    assert torch.equal(loaded.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0)), chunk)
+    # Given exact outputs around a translated anchor, the sampler lands on the clean frames.
+    still = torch.zeros(1, 9, model.config.chunk_frames)
+    still[:, 4] = 30.0
+    shifted = torch.zeros(1, 9, model.config.chunk_frames)
+    shifted[:, 5] = 30.0
+    clean = target.clamp(-1, 1)
+    for logits in (still, shifted):
+        chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                     num_steps=20, unet=MotionOracleUNet(model, clean, context[:, :, -1:], logits))
+        assert torch.allclose(chunk, clean, atol=1e-3)
+
+
+class MotionOracleUNet(OracleUNet):
+    """The constant prior ``logits`` and the exact residual output around the anchor they and x_t give."""
+
+    def __init__(self, model, clean, last, logits):
+        super().__init__(model, clean)
+        self.last, self.logits = last, logits
+
+    def forward(self, sample, t, encoder_hidden_states):
+        fc, c = self.model.config.context_frames, self.model.config.latent_channels
+        noisy = sample[:, :c, fc:]
+        last = self.last.repeat(noisy.shape[0] // self.last.shape[0], 1, 1, 1, 1)
+        self.anchor = self.model.motion_anchor(last, self.logits.expand(noisy.shape[0], -1, -1), noisy,
+                                               torch.as_tensor(t))
+        out = super().forward(sample, t, encoder_hidden_states).sample
+        b, _, f, h, w = out.shape
+        logits = self.logits[:, :, :1].expand(-1, -1, self.model.config.context_frames)
+        logits = torch.cat([logits, self.logits], dim=2)[..., None, None].expand(b, -1, f, h, w)
+        return type("Output", (), {"sample": torch.cat([out, logits], dim=1)})()
 
 
 def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):

@@ -100,6 +100,15 @@ class WorldModelConfig:
     prediction_type: str = "v_prediction"
     residual_skip_sigma: float = 0.1
     residual_std: float = 1.0
+    # Motion-compensated anchor for "context_residual" (0 = off): mu is, per new frame, a
+    # mixture of the last context frame's translations by up to R cells, as a video codec
+    # predicts a block from a displaced reference, weighed by the posterior over translations:
+    # (2R + 1)^2 prior logits per frame from the UNet (extra output channels averaged over the
+    # frame) plus the Gaussian likelihood of the noised frame under each (`motion_anchor`).
+    # When the whole view scrolls (retrace's top-down map), F then only paints the uncovered
+    # strip, where with the unmoved anchor it must redraw every moved cell; measured in
+    # docs/results/README.md (session 42).
+    motion_radius: int = 0
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
@@ -127,6 +136,11 @@ class WorldModelConfig:
     @property
     def window(self) -> int:
         return self.context_frames + self.chunk_frames
+
+    @property
+    def motion_kernel(self) -> int:
+        """Logits per frame of the motion-compensated anchor: one per translation, 0 when off."""
+        return (2 * self.motion_radius + 1) ** 2 if self.motion_radius else 0
 
 
 class FrameAxisConv3d(torch.nn.Conv3d):
@@ -182,7 +196,7 @@ def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
     return UNet3DConditionModel(
         sample_size=config.latent_size,
         in_channels=config.latent_channels + 2,
-        out_channels=config.latent_channels,
+        out_channels=config.latent_channels + config.motion_kernel,
         down_block_types=tuple(config.down_block_types),
         up_block_types=tuple(config.up_block_types),
         block_out_channels=tuple(config.block_out_channels),
@@ -206,6 +220,33 @@ def with_text_in_time_embedding(unet: UNet3DConditionModel) -> UNet3DConditionMo
     return grown
 
 
+# The untranslated frame's logit at the start, so a new motion head first anchors on the
+# unmoved last frame (softmax weight 0.91 against 288 other translations at radius 8), as a
+# model trained without it did.
+STILL_LOGIT = 8.0
+
+
+def with_motion_logits(unet: UNet3DConditionModel, config: "WorldModelConfig") -> UNet3DConditionModel:
+    """``unet`` with ``config.motion_kernel`` logit channels after its latent output channels:
+    zero weights and a bias favouring the untranslated frame, so the anchor starts as the last
+    context frame and every latent output is unchanged."""
+    grown_config = dict(unet.config)
+    grown_config["out_channels"] = config.latent_channels + config.motion_kernel
+    grown = UNet3DConditionModel.from_config(grown_config)
+    state = unet.state_dict()
+    kept = {k: v for k, v in state.items() if not k.startswith("conv_out.")}
+    missing, unexpected = grown.load_state_dict(kept, strict=False)
+    assert sorted(missing) == ["conv_out.bias", "conv_out.weight"] and not unexpected, (missing, unexpected)
+    c = config.latent_channels
+    with torch.no_grad():
+        grown.conv_out.weight.zero_()
+        grown.conv_out.bias.zero_()
+        grown.conv_out.weight[:c] = state["conv_out.weight"][:c]
+        grown.conv_out.bias[:c] = state["conv_out.bias"][:c]
+        grown.conv_out.bias[c + config.motion_kernel // 2] = STILL_LOGIT
+    return grown
+
+
 class VideoWorldModel:
     """UNet + schedulers + latent space + text encoder, saved and loaded as one folder."""
 
@@ -225,6 +266,14 @@ class VideoWorldModel:
         self.unet.set_attn_processor(SingleKeyAttnProcessor())
         if config.prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        if config.motion_radius < 0 or (config.motion_radius and config.prediction_type != "context_residual"):
+            raise CheckpointError(f"motion_radius {config.motion_radius}: the motion-compensated anchor needs "
+                                  "prediction_type context_residual and a radius >= 1 (0 = off)")
+        expected = config.latent_channels + config.motion_kernel
+        if self.unet.config.out_channels != expected:
+            raise CheckpointError(f"the UNet has {self.unet.config.out_channels} output channels, the config asks "
+                                  f"for {expected} (latent {config.latent_channels} + motion logits "
+                                  f"{config.motion_kernel}); the checkpoint's worldmodel.json and unet/ disagree")
         if config.zero_terminal_snr and config.prediction_type == "epsilon":
             raise CheckpointError("zero_terminal_snr needs prediction_type v_prediction or context_residual: "
                                   "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
@@ -289,6 +338,49 @@ class VideoWorldModel:
         out = self.denoise(self.unet, sample, timesteps, text_embeddings)
         return out[:, :, context.shape[2]:]
 
+    def split_output(self, out: torch.Tensor, last: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
+                     translations: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's output for the noised frames ``noisy`` at ``t`` -> (the prediction, the anchor mu of each frame).
+
+        ``last`` (B, C, 1, h, w) is the newest clean frame. Without a motion head the anchor is
+        ``last`` itself; with one, the mixture of its translations given by ``motion_anchor``."""
+        if not self.config.motion_radius:
+            return out, last
+        c = self.config.latent_channels
+        return out[:, :c], self.motion_anchor(last, out[:, c:].mean(dim=(-2, -1)), noisy, t, translations)
+
+    def translations(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, 1, h, w) frame -> its translations by up to ``motion_radius`` cells, (B, C, K, h * w),
+        and their squared norms, (B, K, 1). Cells moved in from beyond the frame take its mean per channel.
+        Sampling computes them once per chunk: they depend only on the context."""
+        b, c, _, h, w = last.shape
+        r = self.config.motion_radius
+        mean = last.mean(dim=(-2, -1), keepdim=True)
+        patches = F.unfold((last - mean)[:, :, 0], 2 * r + 1, padding=r).view(b, c, -1, h * w)
+        translated = patches + mean[..., 0]
+        return translated, translated.square().sum(dim=(1, 3))[..., None]
+
+    def motion_anchor(self, last: torch.Tensor, prior_logits: torch.Tensor, noisy: torch.Tensor | None = None,
+                      t: torch.Tensor | None = None,
+                      translations: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, C, 1, h, w) frame, (B, K, F) translation logits -> (B, C, F, h, w) anchors.
+
+        The weights are the posterior over translations: the UNet's logits are the prior (what
+        the text and context say), and with the noised frames ``noisy`` at ``t`` each translation
+        s_k adds the Gaussian log-likelihood -|x_t - alpha s_k|^2 / (2 sigma^2) of the frame being
+        that translation. At pure noise that is nothing; near the end of sampling it picks the
+        translation the frame has committed to, so the UNet need not learn to see the motion in x_t."""
+        b, c, _, h, w = last.shape
+        translated, energy = translations if translations is not None else self.translations(last)
+        logits = prior_logits
+        if noisy is not None:
+            alpha, sigma = (v.view(-1, 1, 1) for v in self._alpha_sigma(t))
+            cross = torch.einsum("bckp,bcfp->bkf", translated, noisy.flatten(3))
+            logits = logits + (alpha * cross - 0.5 * alpha**2 * energy) / sigma**2
+        mixed = torch.einsum("bckp,bkf->bcfp", translated, logits.softmax(dim=1))
+        return mixed.reshape(b, c, -1, h, w)
+
     def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha_bar = self.train_scheduler.alphas_cumprod[torch.as_tensor(t).long().reshape(-1)]
         return alpha_bar.sqrt().view(-1, 1, 1, 1, 1), (1 - alpha_bar).sqrt().view(-1, 1, 1, 1, 1)
@@ -325,9 +417,10 @@ class VideoWorldModel:
                                                                   (target.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(target, noise, t)
         predicted = self.predict(context, context_len, noisy, t, text_embeddings)
-        # The anchor is the newest real frame even when condition dropout hides the context
-        # from the UNet, so all three guidance branches share one preconditioning.
-        return F.mse_loss(predicted, self.regression_target(target, noise, t, anchor=context[:, :, -1:]))
+        # The anchor comes from the newest real frame even when condition dropout hides the
+        # context from the UNet, so all three guidance branches share one preconditioning.
+        predicted, anchor = self.split_output(predicted, context[:, :, -1:], noisy, t)
+        return F.mse_loss(predicted, self.regression_target(target, noise, t, anchor=anchor))
 
     def whole_window_loss(self, frames: torch.Tensor, text_embeddings: torch.Tensor,
                           generator: torch.Generator | None = None) -> torch.Tensor:
@@ -340,7 +433,8 @@ class VideoWorldModel:
         noisy = self.train_scheduler.add_noise(frames, noise, t)
         clean = torch.zeros(frames.shape[0], frames.shape[2])
         predicted = self.denoise(self.unet, self.unet_input(noisy, clean), t, text_embeddings)
-        return F.mse_loss(predicted, self.regression_target(frames, noise, t, anchor=frames[:, :, :1]))
+        predicted, anchor = self.split_output(predicted, frames[:, :, :1], noisy, t)
+        return F.mse_loss(predicted, self.regression_target(frames, noise, t, anchor=anchor))
 
     def context_slots(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The newest ``context_frames`` of ``context`` right-aligned in the window's context
@@ -393,6 +487,8 @@ class VideoWorldModel:
         ctx_all = torch.cat([context] * len(passes))
         len_all = torch.cat([length for _, length, _ in passes])
         txt_all = torch.cat([embedding for _, _, embedding in passes])
+        last = context[:, :, -1:]
+        translations = self.translations(last) if cfg.motion_radius else None
         sampler = type(self.sampler).from_config(self.sampler.config)
         sampler.set_timesteps(num_steps or cfg.sample_steps)
         latents = torch.randn((b, c, cfg.chunk_frames, h, w), generator=generator) * sampler.init_noise_sigma
@@ -401,18 +497,20 @@ class VideoWorldModel:
         for t in sampler.timesteps:
             sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)))
             out = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:]
-            parts = out.chunk(len(passes))
-            guided = sum(weight * part for weight, part in zip(weights, parts))
+            parts = [self.split_output(part, last, latents, t, translations) for part in out.chunk(len(passes))]
+            guided = sum(weight * part for weight, (part, _) in zip(weights, parts))
             if rescale:
                 dims = list(range(1, guided.ndim))
-                ratio = parts[-1].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+                ratio = parts[-1][0].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
                 guided = rescale * guided * ratio + (1 - rescale) * guided
             if cfg.prediction_type == "context_residual":
-                guided = self.residual_x0(latents, guided, t, context[:, :, -1:])
+                # x0 is affine in (F, mu), so guiding both is guiding each pass's x0 estimate.
+                anchor = sum(weight * mu for weight, (_, mu) in zip(weights, parts)) if cfg.motion_radius else last
+                guided = self.residual_x0(latents, guided, t, anchor)
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)
         tolerance = cfg.static_tolerance if static_tolerance is None else static_tolerance
-        return self.keep_static_cells(latents, context[:, :, -1:], tolerance) if tolerance else latents
+        return self.keep_static_cells(latents, last, tolerance) if tolerance else latents
 
     def keep_static_cells(self, latents: torch.Tensor, last: torch.Tensor, tolerance: float) -> torch.Tensor:
         """``latents`` (B, C, F, h, w) with each cell within ``tolerance`` grey levels of ``last``

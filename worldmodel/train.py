@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from envs.dataset import ChunkDataset, load_dataset
 from jobconfig import open_run_log, to_yaml
-from worldmodel.model import PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, with_text_in_time_embedding
+from worldmodel.model import (PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, build_unet, with_motion_logits,
+                              with_text_in_time_embedding)
 
 
 @dataclass
@@ -112,6 +113,10 @@ class TrainConfig(NoiseLevelBias):
     norm_num_groups: int = field(default=16, metadata={"help": "UNet GroupNorm groups"})
     prediction_type: str = field(default="v_prediction", metadata={
         "help": "UNet target: v_prediction, epsilon or context_residual (see WorldModelConfig)"})
+    motion_radius: int = field(default=0, metadata={
+        "help": "context_residual only: anchor each frame on the last context frame translated by up to this many "
+                "cells, as the UNet's extra logits choose (WorldModelConfig.motion_radius); 0 = off, or with "
+                "--init-from the checkpoint's. A new head starts on the untranslated frame"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,6 +134,9 @@ class TrainConfig(NoiseLevelBias):
             raise ValueError(f"--branch-portion must be in [0, 1), got {self.branch_portion}")
         if self.latent_factor < 1:
             raise ValueError(f"--latent-factor must be >= 1, got {self.latent_factor}")
+        if self.motion_radius < 0 or (self.motion_radius and self.prediction_type != "context_residual"):
+            raise ValueError(f"--motion-radius {self.motion_radius}: needs --prediction-type context_residual and "
+                             "a radius >= 1 (0 = off)")
         if not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
 
@@ -263,23 +271,28 @@ def run_train(cfg: TrainConfig) -> dict:
         text_in_time = cfg.text_in_time_embedding or start.config.text_in_time_embedding
         unet = (with_text_in_time_embedding(start.unet) if text_in_time and not start.config.text_in_time_embedding
                 else start.unet)
-        model = VideoWorldModel(replace(start.config, prediction_type=cfg.prediction_type,
-                                        residual_std=residual_std_of(train_set, chunk_frames,
-                                                                     start.config.latent_scale),
-                                        text_whitening=whitening_texts or start.config.text_whitening,
-                                        text_in_time_embedding=text_in_time,
-                                        zero_terminal_snr=cfg.zero_terminal_snr or start.config.zero_terminal_snr),
-                                unet.train(), start.text_encoder)
+        config = replace(start.config, prediction_type=cfg.prediction_type,
+                         residual_std=residual_std_of(train_set, chunk_frames, start.config.latent_scale),
+                         text_whitening=whitening_texts or start.config.text_whitening,
+                         text_in_time_embedding=text_in_time,
+                         zero_terminal_snr=cfg.zero_terminal_snr or start.config.zero_terminal_snr,
+                         motion_radius=cfg.motion_radius or start.config.motion_radius)
+        if config.motion_radius != start.config.motion_radius:
+            unet = with_motion_logits(unet, config)
+        model = VideoWorldModel(config, unet.train(), start.text_encoder)
     else:
         shift, scale = latent_stats_of(train_set)
-        model = VideoWorldModel(WorldModelConfig(
+        config = WorldModelConfig(
             image_size=int(data.info["image_size"]), latent_factor=cfg.latent_factor,
             context_frames=cfg.context_frames, chunk_frames=chunk_frames,
             block_out_channels=tuple(cfg.block_out_channels),
             attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups, task=cfg.task,
             latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
             residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
-            text_in_time_embedding=cfg.text_in_time_embedding, zero_terminal_snr=cfg.zero_terminal_snr))
+            text_in_time_embedding=cfg.text_in_time_embedding, zero_terminal_snr=cfg.zero_terminal_snr,
+            motion_radius=cfg.motion_radius)
+        unet = build_unet(config)
+        model = VideoWorldModel(config, with_motion_logits(unet, config) if config.motion_radius else unet)
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
