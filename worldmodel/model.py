@@ -220,16 +220,16 @@ def with_text_in_time_embedding(unet: UNet3DConditionModel) -> UNet3DConditionMo
     return grown
 
 
-# The untranslated frame's logit at the start, so a new motion head first anchors on the
-# unmoved last frame (softmax weight 0.91 against 288 other translations at radius 8), as a
-# model trained without it did.
+# The untranslated frame's prior logit at the start, so a new motion head's prior favours the
+# unmoved last frame (softmax weight 0.91 against 288 other translations at radius 8), the
+# anchor of a model trained without it.
 STILL_LOGIT = 8.0
 
 
 def with_motion_logits(unet: UNet3DConditionModel, config: "WorldModelConfig") -> UNet3DConditionModel:
-    """``unet`` with ``config.motion_kernel`` logit channels after its latent output channels:
-    zero weights and a bias favouring the untranslated frame, so the anchor starts as the last
-    context frame and every latent output is unchanged."""
+    """``unet`` with ``config.motion_kernel`` prior-logit channels after its latent output
+    channels: zero weights and a bias favouring the untranslated frame; every latent output is
+    unchanged."""
     grown_config = dict(unet.config)
     grown_config["out_channels"] = config.latent_channels + config.motion_kernel
     grown = UNet3DConditionModel.from_config(grown_config)
