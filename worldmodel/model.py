@@ -106,8 +106,9 @@ class WorldModelConfig:
     # (2R + 1)^2 prior logits per frame from the UNet (extra output channels averaged over the
     # frame) plus the Gaussian likelihood of the noised frame under each (`motion_anchor`).
     # When the whole view scrolls (retrace's top-down map), F then only paints the uncovered
-    # strip, where with the unmoved anchor it must redraw every moved cell; measured in
-    # docs/results/README.md (session 42).
+    # strip, where with the unmoved anchor it must redraw every moved cell. Measured on retrace
+    # (docs/results/README.md, session 42): worse than the unmoved anchor, because the UNet is
+    # not shown which translation its F must complete.
     motion_radius: int = 0
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
@@ -341,7 +342,7 @@ class VideoWorldModel:
     def split_output(self, out: torch.Tensor, last: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
                      translations: tuple[torch.Tensor, torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The UNet's output for the noised frames ``noisy`` at ``t`` -> (the prediction, the anchor mu of each frame).
+        """The UNet's output for the frames ``noisy`` at ``t`` -> (the prediction, each frame's anchor mu).
 
         ``last`` (B, C, 1, h, w) is the newest clean frame. Without a motion head the anchor is
         ``last`` itself; with one, the mixture of its translations given by ``motion_anchor``."""

@@ -114,9 +114,10 @@ class TrainConfig(NoiseLevelBias):
     prediction_type: str = field(default="v_prediction", metadata={
         "help": "UNet target: v_prediction, epsilon or context_residual (see WorldModelConfig)"})
     motion_radius: int = field(default=0, metadata={
-        "help": "context_residual only: anchor each frame on the last context frame translated by up to this many "
-                "cells, as the UNet's extra logits choose (WorldModelConfig.motion_radius); 0 = off, or with "
-                "--init-from the checkpoint's. A new head starts on the untranslated frame"})
+        "help": "context_residual only: anchor each frame on the last context frame's translations by up to this "
+                "many cells, weighed by the posterior of the UNet's extra prior logits and the noised frame "
+                "(WorldModelConfig.motion_radius); 0 = off, or with --init-from the checkpoint's. A new head's prior "
+                "favours the untranslated frame"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
