@@ -340,8 +340,8 @@ class VideoWorldModel:
         return out[:, :, context.shape[2]:]
 
     def split_output(self, out: torch.Tensor, last: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
-                     translations: tuple[torch.Tensor, torch.Tensor] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     translations: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     likelihood: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The UNet's output for the frames ``noisy`` at ``t`` -> (the prediction, each frame's anchor mu).
 
         ``last`` (B, C, 1, h, w) is the newest clean frame. Without a motion head the anchor is
@@ -349,7 +349,7 @@ class VideoWorldModel:
         if not self.config.motion_radius:
             return out, last
         c = self.config.latent_channels
-        return out[:, :c], self.motion_anchor(last, out[:, c:].mean(dim=(-2, -1)), noisy, t, translations)
+        return out[:, :c], self.motion_anchor(last, out[:, c:].mean(dim=(-2, -1)), noisy, t, translations, likelihood)
 
     def translations(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, 1, h, w) frame -> its translations by up to ``motion_radius`` cells, (B, C, K, h * w),
@@ -363,24 +363,33 @@ class VideoWorldModel:
         return translated, translated.square().sum(dim=(1, 3))[..., None]
 
     def motion_anchor(self, last: torch.Tensor, prior_logits: torch.Tensor, noisy: torch.Tensor | None = None,
-                      t: torch.Tensor | None = None,
-                      translations: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                      t: torch.Tensor | None = None, translations: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      likelihood: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, 1, h, w) frame, (B, K, F) translation logits -> (B, C, F, h, w) anchors.
 
         The weights are the posterior over translations: the UNet's logits are the prior (what
         the text and context say), and with the noised frames ``noisy`` at ``t`` each translation
         s_k adds the Gaussian log-likelihood -|x_t - alpha s_k|^2 / (2 sigma^2) of the frame being
         that translation. At pure noise that is nothing; near the end of sampling it picks the
-        translation the frame has committed to, so the UNet need not learn to see the motion in x_t."""
+        translation the frame has committed to, so the UNet need not learn to see the motion in x_t.
+        ``likelihood`` is that term if already computed (the guidance passes share it)."""
         b, c, _, h, w = last.shape
-        translated, energy = translations if translations is not None else self.translations(last)
+        translations = translations if translations is not None else self.translations(last)
         logits = prior_logits
-        if noisy is not None:
-            alpha, sigma = (v.view(-1, 1, 1) for v in self._alpha_sigma(t))
-            cross = torch.einsum("bckp,bcfp->bkf", translated, noisy.flatten(3))
-            logits = logits + (alpha * cross - 0.5 * alpha**2 * energy) / sigma**2
-        mixed = torch.einsum("bckp,bkf->bcfp", translated, logits.softmax(dim=1))
+        if likelihood is None and noisy is not None:
+            likelihood = self.translation_likelihood(noisy, t, translations)
+        if likelihood is not None:
+            logits = logits + likelihood
+        mixed = torch.einsum("bckp,bkf->bcfp", translations[0], logits.softmax(dim=1))
         return mixed.reshape(b, c, -1, h, w)
+
+    def translation_likelihood(self, noisy: torch.Tensor, t: torch.Tensor,
+                               translations: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(B, K, F) Gaussian log-likelihood, up to a constant, of each noised frame being each translation."""
+        translated, energy = translations
+        alpha, sigma = (v.view(-1, 1, 1) for v in self._alpha_sigma(t))
+        cross = torch.einsum("bckp,bcfp->bkf", translated, noisy.flatten(3))
+        return (alpha * cross - 0.5 * alpha**2 * energy) / sigma**2
 
     def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha_bar = self.train_scheduler.alphas_cumprod[torch.as_tensor(t).long().reshape(-1)]
@@ -498,7 +507,9 @@ class VideoWorldModel:
         for t in sampler.timesteps:
             sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)))
             out = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:]
-            parts = [self.split_output(part, last, latents, t, translations) for part in out.chunk(len(passes))]
+            likelihood = self.translation_likelihood(latents, t, translations) if cfg.motion_radius else None
+            parts = [self.split_output(part, last, latents, t, translations, likelihood)
+                     for part in out.chunk(len(passes))]
             guided = sum(weight * part for weight, (part, _) in zip(weights, parts))
             if rescale:
                 dims = list(range(1, guided.ndim))
