@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from envs.dataset import load_dataset
-from worldmodel.model import (STILL_LOGIT, CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, VideoWorldModel,
-                              WorldModelConfig, build_unet, with_motion_logits, with_text_in_time_embedding)
+from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, VideoWorldModel,
+                              WorldModelConfig, build_unet, with_motion_input, with_text_in_time_embedding)
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
 from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 
@@ -167,7 +167,7 @@ def test_a_tile_latent_model_trains_saves_and_imagines_whole_frames(retrace_data
                           motion_radius=3))
     model = VideoWorldModel.from_pretrained(tmp_path / "run")
     assert (model.config.latent_factor, model.config.latent_size, model.config.latent_channels) == (7, 10, 147)
-    assert model.config.motion_radius == 3 and model.unet.config.out_channels == 147 + 49
+    assert model.config.motion_radius == 3 and model.unet.config.in_channels == 2 * 147 + 2
     frames = load_dataset(root).load_episode(0)["frames"][:4]
     chunk = model.generate_chunk(model.latent.encode(frames[None]), ["go left for 3 steps"], num_steps=2,
                                  generator=torch.Generator().manual_seed(0))
@@ -352,103 +352,91 @@ def test_context_residual_output_zero_means_repeating_the_last_context_frame():
 
 def _motion_model(radius=2):
     torch.manual_seed(0)
-    config = WorldModelConfig(**TINY, prediction_type="context_residual", residual_std=0.7, motion_radius=radius)
-    return VideoWorldModel(config, with_motion_logits(build_unet(config), config))
+    return VideoWorldModel(WorldModelConfig(**TINY, prediction_type="context_residual", residual_std=0.7,
+                                            motion_radius=radius))
 
 
-def test_motion_anchor_translates_the_last_frame_by_whole_cells_and_fills_with_its_mean():
+def _translated(last, dx, dy):
+    """``last`` (B, C, 1, h, w) moved by (dx, dy) whole cells, the uncovered cells its mean."""
+    moved = last.mean(dim=(-2, -1), keepdim=True).expand_as(last).clone()
+    h, w = last.shape[-2:]
+    moved[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        last[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return moved
+
+
+def test_motion_anchor_follows_the_translation_a_noised_frame_shows_and_is_the_last_frame_at_pure_noise():
     model = _motion_model(radius=2)
     last = torch.randn(1, model.config.latent_channels, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    k = model.config.motion_kernel
-    assert k == 25
-    logits = torch.full((1, k, 3), -1e4)
-    logits[0, k // 2, 0] = 0  # frame 0: untranslated
-    logits[0, k // 2 + 1, 1] = 0  # frame 1: the kernel's next column
-    logits[0, k // 2 - 5, 2] = 0  # frame 2: the row above
-    anchor = model.motion_anchor(last, logits)
-    mean = last.mean(dim=(-2, -1))
-    assert torch.allclose(anchor[:, :, 0], last[:, :, 0], atol=1e-5)
-    # One of the two neighbours in each axis is a one-cell shift; the uncovered line is the mean colour.
-    assert torch.allclose(anchor[:, :, 1, :, :-1], last[:, :, 0, :, 1:], atol=1e-5)
-    assert torch.allclose(anchor[:, :, 1, :, -1], mean.expand(-1, -1, 16), atol=1e-5)
-    assert torch.allclose(anchor[:, :, 2, 1:], last[:, :, 0, :-1], atol=1e-5)
-    assert torch.allclose(anchor[:, :, 2, 0], mean.expand(-1, -1, 16), atol=1e-5)
-    # Frames noised at a low t show their translation: with a flat prior the posterior finds it.
-    t = torch.tensor([50])
-    alpha, sigma = (v.view(-1, 1, 1, 1, 1) for v in model._alpha_sigma(t))
-    noise = torch.randn(anchor.shape, generator=torch.Generator().manual_seed(1))
-    found = model.motion_anchor(last, torch.zeros(1, k, 3), alpha * anchor + sigma * noise, t)
-    assert torch.allclose(found, anchor, atol=1e-4)
-    # At pure noise (zero terminal SNR) the frames say nothing, and the prior alone decides.
+    moves = [(0, 0), (1, 0), (0, -2), (-1, 1)]
+    clean = torch.cat([_translated(last, dx, dy) for dx, dy in moves], dim=2)
+    # Block by block: a frame whose top half scrolls while its bottom half stays put.
+    split = torch.cat([_translated(last, 1, 0)[..., :8, :], last[..., 8:, :]], dim=-2)
+    clean = torch.cat([clean, split], dim=2)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    for t in (50, 300):
+        alpha, sigma = (v.view(-1, 1, 1, 1, 1) for v in model._alpha_sigma(torch.tensor([t])))
+        assert torch.allclose(model.anchor(last, alpha * clean + sigma * noise, torch.tensor([t])), clean, atol=1e-4)
     terminal = VideoWorldModel(replace(model.config, zero_terminal_snr=True), model.unet)
-    prior_only = terminal.motion_anchor(last, logits, noise, torch.tensor([999]))
-    assert torch.allclose(prior_only, anchor, atol=1e-5)
+    assert torch.allclose(terminal.anchor(last, noise, torch.tensor([999])), last.expand_as(clean), atol=1e-3)
+    plain = VideoWorldModel(replace(model.config, motion_radius=0))
+    assert plain.anchor(last, noise, torch.tensor([50])) is last
 
 
-def test_a_new_motion_head_keeps_the_latent_outputs_starts_unmoved_and_learns_through_the_anchor(tiny_model):
+def test_a_new_motion_input_keeps_the_outputs_and_learns_to_read_the_anchor(tiny_model):
     residual = VideoWorldModel(replace(tiny_model.config, prediction_type="context_residual", residual_std=0.7),
                                copy.deepcopy(tiny_model.unet), tiny_model.text_encoder)
     config = replace(residual.config, motion_radius=2)
-    grown = VideoWorldModel(config, with_motion_logits(copy.deepcopy(residual.unet), config), tiny_model.text_encoder)
+    grown = VideoWorldModel(config, with_motion_input(copy.deepcopy(residual.unet), config), tiny_model.text_encoder)
     context, target = _window(residual)
-    sample = residual.window_input(context, torch.tensor([4, 4]), target)
     text = residual.embed(["go left", "go up"])
     t = torch.tensor([100, 700])
-    before = residual.denoise(residual.unet, sample, t, text)
-    after = grown.denoise(grown.unet, sample, t, text)
-    c = config.latent_channels
-    assert after.shape[1] == c + 25 and torch.equal(after[:, :c], before)
-    logits = after[:, c:].mean(dim=(-2, -1))
-    assert torch.allclose(logits[:, 12], torch.full_like(logits[:, 12], STILL_LOGIT))
+    before = residual.denoise(residual.unet, residual.window_input(context, torch.tensor([4, 4]), target), t, text)
+    anchor = grown.anchor(context[:, :, -1:], target, t)
+    after = grown.denoise(grown.unet, grown.window_input(context, torch.tensor([4, 4]), target, anchor), t, text)
+    assert torch.equal(after, before)
     loss = grown.training_loss(context, torch.tensor([4, 4]), target, text, torch.Generator().manual_seed(0), t)
     loss.backward()
-    # Only the anchor depends on the logit channels: their gradient is the motion head learning.
-    assert grown.unet.conv_out.weight.grad[c:].abs().sum() > 0
-    with pytest.raises(CheckpointError, match="output channels"):
+    c = config.latent_channels
+    assert grown.unet.conv_in.weight.grad[:, c + 2:].abs().sum() > 0
+    # Temp-LoRA's whole-window loss anchors every frame on the window's first one, moved.
+    grown.unet.zero_grad()
+    grown.whole_window_loss(torch.cat([context, target], dim=2), grown.empty_text(2),
+                            torch.Generator().manual_seed(0)).backward()
+    assert grown.unet.conv_in.weight.grad[:, c + 2:].abs().sum() > 0
+    with pytest.raises(CheckpointError, match="input"):
         VideoWorldModel(config, copy.deepcopy(residual.unet))
     with pytest.raises(CheckpointError, match="context_residual"):
         VideoWorldModel(replace(tiny_model.config, motion_radius=2))
 
 
-def test_a_motion_model_samples_reloads_identically_and_guides_the_anchor(tmp_path):
+def test_a_motion_model_samples_reloads_identically_and_lands_on_moved_frames(tmp_path):
     model = _motion_model(radius=1)
     context, target = _window(model, batch=1)
     chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0))
     assert chunk.shape == target.shape and torch.isfinite(chunk).all()
     model.save_pretrained(tmp_path / "motion", dtype=torch.float32)
     loaded = VideoWorldModel.from_pretrained(tmp_path / "motion")
-    assert loaded.config.motion_radius == 1
+    assert loaded.config.motion_radius == 1 and loaded.unet.config.in_channels == 2 * model.config.latent_channels + 2
     assert torch.equal(loaded.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0)), chunk)
-    # Given exact outputs around a translated anchor, the sampler lands on the clean frames.
-    still = torch.zeros(1, 9, model.config.chunk_frames)
-    still[:, 4] = 30.0
-    shifted = torch.zeros(1, 9, model.config.chunk_frames)
-    shifted[:, 5] = 30.0
-    clean = target.clamp(-1, 1)
-    for logits in (still, shifted):
-        chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
-                                     num_steps=20, unet=MotionOracleUNet(model, clean, context[:, :, -1:], logits))
+    # Given exact outputs around the anchor the UNet is shown, the sampler lands on the clean
+    # frames, and on a scrolled chunk the anchor ends on the scrolled frame.
+    last = context[:, :, -1:]
+    for clean in (target.clamp(-1, 1), _translated(last, 1, 0).expand_as(target)):
+        oracle = MotionOracleUNet(model, clean)
+        chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
+                                     unet=oracle)
         assert torch.allclose(chunk, clean, atol=1e-3)
+    assert torch.allclose(oracle.anchor, clean, atol=1e-3)
 
 
 class MotionOracleUNet(OracleUNet):
-    """The constant prior ``logits`` and the exact residual output around the anchor they and x_t give."""
-
-    def __init__(self, model, clean, last, logits):
-        super().__init__(model, clean)
-        self.last, self.logits = last, logits
+    """The exact residual output around the anchor in the sample's last channels."""
 
     def forward(self, sample, t, encoder_hidden_states):
         fc, c = self.model.config.context_frames, self.model.config.latent_channels
-        noisy = sample[:, :c, fc:]
-        last = self.last.repeat(noisy.shape[0] // self.last.shape[0], 1, 1, 1, 1)
-        self.anchor = self.model.motion_anchor(last, self.logits.expand(noisy.shape[0], -1, -1), noisy,
-                                               torch.as_tensor(t))
-        out = super().forward(sample, t, encoder_hidden_states).sample
-        b, _, f, h, w = out.shape
-        logits = self.logits[:, :, :1].expand(-1, -1, self.model.config.context_frames)
-        logits = torch.cat([logits, self.logits], dim=2)[..., None, None].expand(b, -1, f, h, w)
-        return type("Output", (), {"sample": torch.cat([out, logits], dim=1)})()
+        self.anchor = sample[:, c + 2:, fc:]
+        return super().forward(sample, t, encoder_hidden_states)
 
 
 def test_rollout_keeps_the_context_frame_and_has_the_right_length(tiny_model):

@@ -100,15 +100,13 @@ class WorldModelConfig:
     prediction_type: str = "v_prediction"
     residual_skip_sigma: float = 0.1
     residual_std: float = 1.0
-    # Motion-compensated anchor for "context_residual" (0 = off): mu is, per new frame, a
-    # mixture of the last context frame's translations by up to R cells, as a video codec
-    # predicts a block from a displaced reference, weighed by the posterior over translations:
-    # (2R + 1)^2 prior logits per frame from the UNet (extra output channels averaged over the
-    # frame) plus the Gaussian likelihood of the noised frame under each (`motion_anchor`).
-    # When the whole view scrolls (retrace's top-down map), F then only paints the uncovered
-    # strip, where with the unmoved anchor it must redraw every moved cell. Measured on retrace
-    # (docs/results/README.md, session 42): worse than the unmoved anchor, because the UNet is
-    # not shown which translation its F must complete.
+    # Motion-compensated anchor for "context_residual" (0 = off): mu is, cell by cell, the
+    # posterior mean of the last context frame's translations by up to R cells, as a video codec
+    # predicts each block from a displaced reference (`VideoWorldModel.anchor`): the unmoved frame
+    # at high noise, the move x_t shows once it commits to one. The UNet is given mu as extra
+    # input channels, so its F completes the anchor it is measured against (when the view
+    # scrolls, as in retrace's top-down map, only the uncovered strip). Session 42's form, a
+    # UNet-predicted prior and mu not shown to the UNet, was worse than the unmoved anchor.
     motion_radius: int = 0
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
@@ -139,9 +137,9 @@ class WorldModelConfig:
         return self.context_frames + self.chunk_frames
 
     @property
-    def motion_kernel(self) -> int:
-        """Logits per frame of the motion-compensated anchor: one per translation, 0 when off."""
-        return (2 * self.motion_radius + 1) ** 2 if self.motion_radius else 0
+    def unet_in_channels(self) -> int:
+        """Noised/clean latents, the clean-context flag and the frame position, then the anchor if motion-compensated."""
+        return self.latent_channels * (2 if self.motion_radius else 1) + 2
 
 
 class FrameAxisConv3d(torch.nn.Conv3d):
@@ -196,8 +194,8 @@ class SingleKeyAttnProcessor(AttnProcessor2_0):
 def build_unet(config: WorldModelConfig) -> UNet3DConditionModel:
     return UNet3DConditionModel(
         sample_size=config.latent_size,
-        in_channels=config.latent_channels + 2,
-        out_channels=config.latent_channels + config.motion_kernel,
+        in_channels=config.unet_in_channels,
+        out_channels=config.latent_channels,
         down_block_types=tuple(config.down_block_types),
         up_block_types=tuple(config.up_block_types),
         block_out_channels=tuple(config.block_out_channels),
@@ -221,30 +219,31 @@ def with_text_in_time_embedding(unet: UNet3DConditionModel) -> UNet3DConditionMo
     return grown
 
 
-# The untranslated frame's prior logit at the start, so a new motion head's prior favours the
-# unmoved last frame (softmax weight 0.91 against 288 other translations at radius 8), the
-# anchor of a model trained without it.
-STILL_LOGIT = 8.0
+# The untranslated frame's prior logit against 0 for every other translation: the anchor
+# stays the unmoved frame until the noised frame's likelihood favours a move by more than this
+# (at pure noise the unmoved frame weighs 1 - 3e-5 against 288 translations at radius 8).
+STILL_LOGIT = 16.0
+# The side, in cells, of the block whose likelihood decides a cell's translation. Measured on
+# retrace's 32 held-out bench chunks noised to t = 600 / 300 (latent RMSE of the anchor to the
+# true frames; the unmoved frame 0.68): 0.66 / 0.25 for single cells, 0.44 / 0.34 for 3,
+# 0.45 / 0.42 for 5, 0.60 / 0.60 for one translation per frame
+# (docs/results/worldmodel_motion_input_s43/anchor_probe.py).
+MOTION_BLOCK = 3
 
 
-def with_motion_logits(unet: UNet3DConditionModel, config: "WorldModelConfig") -> UNet3DConditionModel:
-    """``unet`` with ``config.motion_kernel`` prior-logit channels after its latent output
-    channels: zero weights and a bias favouring the untranslated frame; every latent output is
-    unchanged."""
+def with_motion_input(unet: UNet3DConditionModel, config: "WorldModelConfig") -> UNet3DConditionModel:
+    """``unet`` taking the anchor as ``config.latent_channels`` more input channels, through
+    zero weights, so it predicts exactly what ``unet`` does until it learns to read them."""
     grown_config = dict(unet.config)
-    grown_config["out_channels"] = config.latent_channels + config.motion_kernel
+    grown_config["in_channels"] = config.unet_in_channels
     grown = UNet3DConditionModel.from_config(grown_config)
     state = unet.state_dict()
-    kept = {k: v for k, v in state.items() if not k.startswith("conv_out.")}
+    kept = {k: v for k, v in state.items() if k != "conv_in.weight"}
     missing, unexpected = grown.load_state_dict(kept, strict=False)
-    assert sorted(missing) == ["conv_out.bias", "conv_out.weight"] and not unexpected, (missing, unexpected)
-    c = config.latent_channels
+    assert missing == ["conv_in.weight"] and not unexpected, (missing, unexpected)
     with torch.no_grad():
-        grown.conv_out.weight.zero_()
-        grown.conv_out.bias.zero_()
-        grown.conv_out.weight[:c] = state["conv_out.weight"][:c]
-        grown.conv_out.bias[:c] = state["conv_out.bias"][:c]
-        grown.conv_out.bias[c + config.motion_kernel // 2] = STILL_LOGIT
+        grown.conv_in.weight.zero_()
+        grown.conv_in.weight[:, :unet.config.in_channels] = state["conv_in.weight"]
     return grown
 
 
@@ -270,11 +269,12 @@ class VideoWorldModel:
         if config.motion_radius < 0 or (config.motion_radius and config.prediction_type != "context_residual"):
             raise CheckpointError(f"motion_radius {config.motion_radius}: the motion-compensated anchor needs "
                                   "prediction_type context_residual and a radius >= 1 (0 = off)")
-        expected = config.latent_channels + config.motion_kernel
-        if self.unet.config.out_channels != expected:
-            raise CheckpointError(f"the UNet has {self.unet.config.out_channels} output channels, the config asks "
-                                  f"for {expected} (latent {config.latent_channels} + motion logits "
-                                  f"{config.motion_kernel}); the checkpoint's worldmodel.json and unet/ disagree")
+        channels = (self.unet.config.in_channels, self.unet.config.out_channels)
+        if channels != (config.unet_in_channels, config.latent_channels):
+            raise CheckpointError(f"the UNet has {channels[0]} input and {channels[1]} output channels, the config "
+                                  f"asks for {config.unet_in_channels} (latent {config.latent_channels}, 2 flags"
+                                  f"{', the motion anchor' if config.motion_radius else ''}) and "
+                                  f"{config.latent_channels}; the checkpoint's worldmodel.json and unet/ disagree")
         if config.zero_terminal_snr and config.prediction_type == "epsilon":
             raise CheckpointError("zero_terminal_snr needs prediction_type v_prediction or context_residual: "
                                   "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
@@ -307,89 +307,90 @@ class VideoWorldModel:
         return self.embed([""] * batch)
 
     @staticmethod
-    def unet_input(frames: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """(B, C, F, h, w) frames + (B, F) clean-context flags -> UNet input with mask and position."""
+    def unet_input(frames: torch.Tensor, clean: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, F, h, w) frames + (B, F) clean-context flags -> UNet input with mask and position,
+        then, for a motion-compensated model, each frame's anchor (B, C, F, h, w)."""
         b, _, f, h, w = frames.shape
         position = torch.linspace(-1, 1, f, device=frames.device).expand(b, -1)
         extra = torch.stack([clean.float(), position], dim=1)[..., None, None].expand(-1, -1, -1, h, w)
-        return torch.cat([frames, extra], dim=1)
+        return torch.cat([frames, extra] + ([] if anchor is None else [anchor]), dim=1)
 
     def window_input(self, context: torch.Tensor, context_len: torch.Tensor,
-                     noisy: torch.Tensor) -> torch.Tensor:
-        """Clean context slots + noised frames + mask and position channels.
+                     noisy: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """Clean context slots + noised frames + mask and position channels (+ the noised frames' anchor).
 
         ``context`` (B, C, context_frames, h, w) holds real frames right-aligned:
-        slots before ``context_frames - context_len`` are emptied.
+        slots before ``context_frames - context_len`` are emptied. Context slots have no anchor (zeros).
         """
         b, _, fc = context.shape[:3]
         slot = torch.arange(fc, device=context.device)
         valid = (slot[None, :] >= fc - context_len.to(context.device)[:, None]).float()  # (B, fc)
         frames = torch.cat([context * valid[:, :, None, None][:, None], noisy], dim=2)
         clean = torch.cat([valid, torch.zeros(b, noisy.shape[2], device=context.device)], dim=1)
-        return self.unet_input(frames, clean)
+        anchor_slots = torch.cat([torch.zeros_like(context), anchor], dim=2) if self.config.motion_radius else None
+        return self.unet_input(frames, clean, anchor_slots)
 
     def denoise(self, unet, sample: torch.Tensor, timesteps, text_embeddings: torch.Tensor) -> torch.Tensor:
         """One UNet call; the text goes to cross-attention and, if configured, to the noise-level embedding."""
         extra = {"timestep_cond": text_embeddings[:, 0]} if self.config.text_in_time_embedding else {}
         return unet(sample, timesteps, encoder_hidden_states=text_embeddings, **extra).sample
 
-    def predict(self, context, context_len, noisy, timesteps, text_embeddings) -> torch.Tensor:
-        """The UNet's prediction (``config.prediction_type``) for the noised frames only."""
-        sample = self.window_input(context, context_len, noisy)
+    def predict(self, context, context_len, noisy, timesteps, text_embeddings,
+                anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's prediction (``config.prediction_type``) for the noised frames only;
+        ``anchor``: their ``anchor(...)`` if already computed."""
+        if anchor is None and self.config.motion_radius:
+            anchor = self.anchor(context[:, :, -1:], noisy, timesteps)
+        sample = self.window_input(context, context_len, noisy, anchor)
         out = self.denoise(self.unet, sample, timesteps, text_embeddings)
         return out[:, :, context.shape[2]:]
 
-    def split_output(self, out: torch.Tensor, last: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
-                     translations: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     likelihood: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The UNet's output for the frames ``noisy`` at ``t`` -> (the prediction, each frame's anchor mu).
+    # --- the anchor mu of "context_residual" ----------------------------------------------
+    @torch.no_grad()
+    def anchor(self, last: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor,
+               translations: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The anchor of the frames ``noisy`` (B, C, F, h, w) at ``t``: ``last`` (B, C, 1, h, w), the
+        newest clean frame, or with ``motion_radius`` the posterior mean of its translations, cell by cell.
 
-        ``last`` (B, C, 1, h, w) is the newest clean frame. Without a motion head the anchor is
-        ``last`` itself; with one, the mixture of its translations given by ``motion_anchor``."""
+        For each cell, translation s_k has the prior logit ``STILL_LOGIT`` if it is the unmoved frame,
+        else 0, plus the Gaussian log-likelihood -|x_t - alpha s_k|^2 / (2 sigma^2) summed over the
+        ``MOTION_BLOCK`` x ``MOTION_BLOCK`` cells around it (a codec's block motion vector): at pure
+        noise the anchor is ``last``; as the frame commits to a move, that move. Per block, not per
+        frame, because parts of a view stay put while the rest scrolls (retrace's player in the centre).
+        ``translations``: ``translations(last)`` if already computed (sampling does so once a chunk)."""
         if not self.config.motion_radius:
-            return out, last
-        c = self.config.latent_channels
-        return out[:, :c], self.motion_anchor(last, out[:, c:].mean(dim=(-2, -1)), noisy, t, translations, likelihood)
+            return last
+        b, c, f, h, w = noisy.shape
+        padded, source = translations if translations is not None else self.translations(last)
+        k = source.shape[1]
+        source = source.repeat(f, 1).expand(b, -1, -1)  # (B, F * h * w, K): the padded cell each reads
+        alpha, sigma = (v.view(-1, 1, 1) for v in self._alpha_sigma(t))
+        # Every noised cell against every cell of the padded frame in one matrix product, then
+        # the K pairs each translation makes: far cheaper than materialising the K translations.
+        frames = noisy.flatten(2).transpose(1, 2)  # (B, F * h * w, C)
+        cross = torch.bmm(frames, padded).gather(2, source)
+        energy = padded.square().sum(dim=1)[:, None].expand(-1, source.shape[1], -1).gather(2, source)
+        logits = ((alpha * cross - 0.5 * alpha**2 * energy) / sigma**2).view(b, f, h, w, k)
+        block = F.avg_pool2d(logits.permute(0, 1, 4, 2, 3).reshape(b, f * k, h, w), MOTION_BLOCK, stride=1,
+                             padding=MOTION_BLOCK // 2) * MOTION_BLOCK**2
+        logits = block.view(b, f, k, h, w).permute(0, 1, 3, 4, 2).reshape(b, f * h * w, k)
+        logits[..., k // 2] += STILL_LOGIT
+        weights = torch.zeros(b, f * h * w, padded.shape[2]).scatter_(2, source, logits.softmax(dim=2))
+        return torch.bmm(weights, padded.transpose(1, 2)).transpose(1, 2).reshape(b, c, f, h, w)
 
     def translations(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, 1, h, w) frame -> its translations by up to ``motion_radius`` cells, (B, C, K, h * w),
-        and their squared norms, (B, K, 1). Cells moved in from beyond the frame take its mean per channel.
-        Sampling computes them once per chunk: they depend only on the context."""
+        """(B, C, 1, h, w) frame -> the frame padded by ``motion_radius`` cells of its mean colour,
+        flattened, (B, C, (h + 2R) (w + 2R)), and for each cell and translation k the padded cell it
+        reads, (h * w, (2R + 1)^2), the untranslated one at k = K // 2. Cells moved in from beyond the
+        frame thus take its mean per channel."""
         b, c, _, h, w = last.shape
         r = self.config.motion_radius
         mean = last.mean(dim=(-2, -1), keepdim=True)
-        patches = F.unfold((last - mean)[:, :, 0], 2 * r + 1, padding=r).view(b, c, -1, h * w)
-        translated = patches + mean[..., 0]
-        return translated, translated.square().sum(dim=(1, 3))[..., None]
-
-    def motion_anchor(self, last: torch.Tensor, prior_logits: torch.Tensor, noisy: torch.Tensor | None = None,
-                      t: torch.Tensor | None = None, translations: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      likelihood: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, 1, h, w) frame, (B, K, F) translation logits -> (B, C, F, h, w) anchors.
-
-        The weights are the posterior over translations: the UNet's logits are the prior (what
-        the text and context say), and with the noised frames ``noisy`` at ``t`` each translation
-        s_k adds the Gaussian log-likelihood -|x_t - alpha s_k|^2 / (2 sigma^2) of the frame being
-        that translation. At pure noise that is nothing; near the end of sampling it picks the
-        translation the frame has committed to, so the UNet need not learn to see the motion in x_t.
-        ``likelihood`` is that term if already computed (the guidance passes share it)."""
-        b, c, _, h, w = last.shape
-        translations = translations if translations is not None else self.translations(last)
-        logits = prior_logits
-        if likelihood is None and noisy is not None:
-            likelihood = self.translation_likelihood(noisy, t, translations)
-        if likelihood is not None:
-            logits = logits + likelihood
-        mixed = torch.einsum("bckp,bkf->bcfp", translations[0], logits.softmax(dim=1))
-        return mixed.reshape(b, c, -1, h, w)
-
-    def translation_likelihood(self, noisy: torch.Tensor, t: torch.Tensor,
-                               translations: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """(B, K, F) Gaussian log-likelihood, up to a constant, of each noised frame being each translation."""
-        translated, energy = translations
-        alpha, sigma = (v.view(-1, 1, 1) for v in self._alpha_sigma(t))
-        cross = torch.einsum("bckp,bcfp->bkf", translated, noisy.flatten(3))
-        return (alpha * cross - 0.5 * alpha**2 * energy) / sigma**2
+        padded = F.pad(last[:, :, 0] - mean[:, :, 0], (r, r, r, r)) + mean[:, :, 0]
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        dy, dx = torch.meshgrid(torch.arange(2 * r + 1), torch.arange(2 * r + 1), indexing="ij")
+        source = (rows.reshape(-1, 1) + dy.reshape(1, -1)) * (w + 2 * r) + cols.reshape(-1, 1) + dx.reshape(1, -1)
+        return padded.flatten(2), source
 
     def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha_bar = self.train_scheduler.alphas_cumprod[torch.as_tensor(t).long().reshape(-1)]
@@ -426,10 +427,10 @@ class VideoWorldModel:
         t = timesteps if timesteps is not None else torch.randint(0, self.config.num_train_timesteps,
                                                                   (target.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(target, noise, t)
-        predicted = self.predict(context, context_len, noisy, t, text_embeddings)
         # The anchor comes from the newest real frame even when condition dropout hides the
         # context from the UNet, so all three guidance branches share one preconditioning.
-        predicted, anchor = self.split_output(predicted, context[:, :, -1:], noisy, t)
+        anchor = self.anchor(context[:, :, -1:], noisy, t)
+        predicted = self.predict(context, context_len, noisy, t, text_embeddings, anchor)
         return F.mse_loss(predicted, self.regression_target(target, noise, t, anchor=anchor))
 
     def whole_window_loss(self, frames: torch.Tensor, text_embeddings: torch.Tensor,
@@ -442,8 +443,9 @@ class VideoWorldModel:
         t = torch.randint(0, self.config.num_train_timesteps, (frames.shape[0],), generator=generator)
         noisy = self.train_scheduler.add_noise(frames, noise, t)
         clean = torch.zeros(frames.shape[0], frames.shape[2])
-        predicted = self.denoise(self.unet, self.unet_input(noisy, clean), t, text_embeddings)
-        predicted, anchor = self.split_output(predicted, frames[:, :, :1], noisy, t)
+        anchor = self.anchor(frames[:, :, :1], noisy, t)
+        sample = self.unet_input(noisy, clean, anchor if self.config.motion_radius else None)
+        predicted = self.denoise(self.unet, sample, t, text_embeddings)
         return F.mse_loss(predicted, self.regression_target(frames, noise, t, anchor=anchor))
 
     def context_slots(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,6 +500,7 @@ class VideoWorldModel:
         len_all = torch.cat([length for _, length, _ in passes])
         txt_all = torch.cat([embedding for _, _, embedding in passes])
         last = context[:, :, -1:]
+        # The anchor depends on the context and x_t only, so the guidance passes share it.
         translations = self.translations(last) if cfg.motion_radius else None
         sampler = type(self.sampler).from_config(self.sampler.config)
         sampler.set_timesteps(num_steps or cfg.sample_steps)
@@ -505,19 +508,16 @@ class VideoWorldModel:
         was_training = unet.training
         unet.eval()
         for t in sampler.timesteps:
-            sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)))
-            out = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:]
-            likelihood = self.translation_likelihood(latents, t, translations) if cfg.motion_radius else None
-            parts = [self.split_output(part, last, latents, t, translations, likelihood)
-                     for part in out.chunk(len(passes))]
-            guided = sum(weight * part for weight, (part, _) in zip(weights, parts))
+            anchor = self.anchor(last, latents, t, translations)
+            sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)),
+                                       torch.cat([anchor] * len(passes)))
+            parts = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:].chunk(len(passes))
+            guided = sum(weight * part for weight, part in zip(weights, parts))
             if rescale:
                 dims = list(range(1, guided.ndim))
-                ratio = parts[-1][0].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+                ratio = parts[-1].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
                 guided = rescale * guided * ratio + (1 - rescale) * guided
             if cfg.prediction_type == "context_residual":
-                # x0 is affine in (F, mu), so guiding both is guiding each pass's x0 estimate.
-                anchor = sum(weight * mu for weight, (_, mu) in zip(weights, parts)) if cfg.motion_radius else last
                 guided = self.residual_x0(latents, guided, t, anchor)
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)

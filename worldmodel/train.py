@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from envs.dataset import ChunkDataset, load_dataset
 from jobconfig import open_run_log, to_yaml
-from worldmodel.model import (PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, build_unet, with_motion_logits,
+from worldmodel.model import (PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, build_unet, with_motion_input,
                               with_text_in_time_embedding)
 
 
@@ -114,10 +114,10 @@ class TrainConfig(NoiseLevelBias):
     prediction_type: str = field(default="v_prediction", metadata={
         "help": "UNet target: v_prediction, epsilon or context_residual (see WorldModelConfig)"})
     motion_radius: int = field(default=0, metadata={
-        "help": "context_residual only: anchor each frame on the last context frame's translations by up to this "
-                "many cells, weighed by the posterior of the UNet's extra prior logits and the noised frame "
-                "(WorldModelConfig.motion_radius); 0 = off, or with --init-from the checkpoint's. A new head's prior "
-                "favours the untranslated frame"})
+        "help": "context_residual only: anchor each cell on the posterior mean of the last context frame's "
+                "translations by up to this many cells given the noised frame, and show the anchor to the UNet "
+                "(WorldModelConfig.motion_radius); 0 = off, or with --init-from the checkpoint's. --init-from a model "
+                "without it adds the anchor's input channels with zero weights"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -278,8 +278,8 @@ def run_train(cfg: TrainConfig) -> dict:
                          text_in_time_embedding=text_in_time,
                          zero_terminal_snr=cfg.zero_terminal_snr or start.config.zero_terminal_snr,
                          motion_radius=cfg.motion_radius or start.config.motion_radius)
-        if config.motion_radius != start.config.motion_radius:
-            unet = with_motion_logits(unet, config)
+        if config.motion_radius and not start.config.motion_radius:
+            unet = with_motion_input(unet, config)
         model = VideoWorldModel(config, unet.train(), start.text_encoder)
     else:
         shift, scale = latent_stats_of(train_set)
@@ -292,8 +292,7 @@ def run_train(cfg: TrainConfig) -> dict:
             residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
             text_in_time_embedding=cfg.text_in_time_embedding, zero_terminal_snr=cfg.zero_terminal_snr,
             motion_radius=cfg.motion_radius)
-        unet = build_unet(config)
-        model = VideoWorldModel(config, with_motion_logits(unet, config) if config.motion_radius else unet)
+        model = VideoWorldModel(config)
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
