@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from envs.dataset import ChunkDataset, load_dataset
 from jobconfig import open_run_log, to_yaml
-from worldmodel.model import (PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, build_unet, with_motion_input,
+from worldmodel.model import (PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, with_motion_input,
                               with_text_in_time_embedding)
 
 
