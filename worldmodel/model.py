@@ -509,8 +509,8 @@ class VideoWorldModel:
         unet.eval()
         for t in sampler.timesteps:
             anchor = self.anchor(last, latents, t, translations)
-            sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)),
-                                       torch.cat([anchor] * len(passes)))
+            anchors = torch.cat([anchor] * len(passes)) if cfg.motion_radius else None
+            sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)), anchors)
             parts = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:].chunk(len(passes))
             guided = sum(weight * part for weight, part in zip(weights, parts))
             if rescale:

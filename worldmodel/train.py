@@ -283,7 +283,7 @@ def run_train(cfg: TrainConfig) -> dict:
         model = VideoWorldModel(config, unet.train(), start.text_encoder)
     else:
         shift, scale = latent_stats_of(train_set)
-        config = WorldModelConfig(
+        model = VideoWorldModel(WorldModelConfig(
             image_size=int(data.info["image_size"]), latent_factor=cfg.latent_factor,
             context_frames=cfg.context_frames, chunk_frames=chunk_frames,
             block_out_channels=tuple(cfg.block_out_channels),
@@ -291,8 +291,7 @@ def run_train(cfg: TrainConfig) -> dict:
             latent_shift=shift, latent_scale=scale, prediction_type=cfg.prediction_type,
             residual_std=residual_std_of(train_set, chunk_frames, scale), text_whitening=whitening_texts,
             text_in_time_embedding=cfg.text_in_time_embedding, zero_terminal_snr=cfg.zero_terminal_snr,
-            motion_radius=cfg.motion_radius)
-        model = VideoWorldModel(config)
+            motion_radius=cfg.motion_radius))
     unet = model.unet
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
