@@ -71,10 +71,17 @@ def main() -> None:
                         help="override the checkpoint's guidance rescale factor")
     parser.add_argument("--static-tolerance", type=float, default=None,
                         help="override the checkpoint's static_tolerance (grey levels; 0 = off)")
+    parser.add_argument("--snap-start", type=int, default=None,
+                        help="override the checkpoint's snap_start (a timestep; 0 = sample from pure noise)")
+    parser.add_argument("--snap-observe", type=int, default=None,
+                        help="override the checkpoint's snap_observe (a timestep)")
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     cfg = model.config
+    for name in ("snap_start", "snap_observe"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     idm = InverseDynamicsModel.from_pretrained(args.idm or default_checkpoint(args.task, "idm"))
     env = envs.make(args.task)
     expert = envs.expert_for(env)
@@ -147,7 +154,8 @@ def main() -> None:
               "guidance_rescale": (args.guidance_rescale if args.guidance_rescale is not None
                                    else cfg.guidance_rescale),
               "static_tolerance": (args.static_tolerance if args.static_tolerance is not None
-                                   else cfg.static_tolerance)}
+                                   else cfg.static_tolerance),
+              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe}
     print(json.dumps(result))
 
 

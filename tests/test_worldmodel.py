@@ -430,6 +430,38 @@ def test_a_motion_model_samples_reloads_identically_and_lands_on_moved_frames(tm
     assert torch.allclose(oracle.anchor, clean, atol=1e-3)
 
 
+def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_path):
+    model = _motion_model(radius=2)
+    context, _ = _window(model, batch=1)
+    last = context[:, :, -1:]
+    moves = [(1, 0), (2, 0), (2, -1), (0, 2)] * (model.config.chunk_frames // 4)
+    clean = torch.cat([_translated(last, dx, dy) for dx, dy in moves], dim=2)
+    calls = []
+
+    class CountingOracle(MotionOracleUNet):
+        def forward(self, sample, t, encoder_hidden_states):
+            calls.append(int(t))
+            return super().forward(sample, t, encoder_hidden_states)
+
+    # Below the last step: the chunk is the snapped frames themselves, after one UNet pass at pure noise.
+    chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
+                                 unet=CountingOracle(model, clean), snap_start=1)
+    assert torch.allclose(chunk, clean, atol=1e-4) and len(calls) == 1
+    calls.clear()
+    chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
+                                 unet=CountingOracle(model, clean), snap_start=400)
+    assert torch.allclose(chunk, clean, atol=1e-3)
+    assert calls[0] == 999 and calls[1] <= 400 < max(calls[1:] + [999]) and len(calls) < 20
+    # The setting is the checkpoint's, and needs the motion anchor.
+    snapping = VideoWorldModel(replace(model.config, snap_start=100), model.unet, model.text_encoder)
+    snapping.save_pretrained(tmp_path / "snap", dtype=torch.float32)
+    assert VideoWorldModel.from_pretrained(tmp_path / "snap").config.snap_start == 100
+    with pytest.raises(CheckpointError, match="snap_start"):
+        VideoWorldModel(WorldModelConfig(**TINY, prediction_type="context_residual", snap_start=100))
+    with pytest.raises(ValueError, match="snap_start"):
+        model.generate_chunk(context, ["go left"], snap_start=1000)
+
+
 class MotionOracleUNet(OracleUNet):
     """The exact residual output around the anchor in the sample's last channels."""
 

@@ -108,6 +108,15 @@ class WorldModelConfig:
     # scrolls, as in retrace's top-down map, only the uncovered strip). Session 42's form, a
     # UNet-predicted prior and mu not shown to the UNet, was worse than the unmoved anchor.
     motion_radius: int = 0
+    # Start sampling from the motion-compensated frame the model itself points at (0 = off;
+    # needs motion_radius): one guided pass at pure noise gives an x0 estimate, the anchor reads
+    # which translation of the last frame each block of it shows (the estimate taken as x_t at
+    # noise level `snap_observe`), and the sampler resumes from that frame noised to the first
+    # step at or below timestep `snap_start`, as SDEdit resumes from a guide image. From pure
+    # noise the sampler only learns the move late and paints a blur of the candidates
+    # (docs/results/README.md, "Snap start").
+    snap_start: int = 0
+    snap_observe: int = 300
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
@@ -280,6 +289,13 @@ class VideoWorldModel:
                                   "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
         if config.sampler not in SAMPLERS:
             raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
+        if not 0 <= config.snap_start < config.num_train_timesteps or (config.snap_start
+                                                                        and not config.motion_radius):
+            raise CheckpointError(f"snap_start {config.snap_start}: starting from the motion-compensated frame needs "
+                                  f"motion_radius >= 1 and a timestep in [1, {config.num_train_timesteps}) (0 = off)")
+        if not 0 < config.snap_observe < config.num_train_timesteps:
+            raise CheckpointError(f"snap_observe {config.snap_observe} is not a timestep in "
+                                  f"[1, {config.num_train_timesteps})")
         if config.static_tolerance < 0:
             raise CheckpointError(f"static_tolerance {config.static_tolerance} is negative: give grey levels "
                                   "(0 keeps sampled cells as they are)")
@@ -464,7 +480,7 @@ class VideoWorldModel:
                        generator: torch.Generator | None = None, num_steps: int | None = None,
                        image_guidance: float | None = None, text_guidance: float | None = None,
                        guidance_rescale: float | None = None, static_tolerance: float | None = None,
-                       unet=None) -> torch.Tensor:
+                       unet=None, snap_start: int | None = None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
         Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), applied to
@@ -475,7 +491,8 @@ class VideoWorldModel:
         only the text pass. ``guidance_rescale`` (phi) then moves the guided output towards
         the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
-        sampled frames leave within it (``WorldModelConfig.static_tolerance``).
+        sampled frames leave within it (``WorldModelConfig.static_tolerance``). ``snap_start``
+        overrides ``WorldModelConfig.snap_start``.
         """
         cfg = self.config
         unet = unet or self.unet
@@ -507,22 +524,52 @@ class VideoWorldModel:
         latents = torch.randn((b, c, cfg.chunk_frames, h, w), generator=generator) * sampler.init_noise_sigma
         was_training = unet.training
         unet.eval()
-        for t in sampler.timesteps:
+        timesteps = sampler.timesteps
+        snap = cfg.snap_start if snap_start is None else snap_start
+        steps = cfg.num_train_timesteps
+        if snap and not (cfg.motion_radius and 0 < snap < steps and 0 < cfg.snap_observe < steps):
+            raise ValueError(f"snap_start {snap} (snap_observe {cfg.snap_observe}) needs a model with motion_radius "
+                             f">= 1 and timesteps in [1, {steps}) (snap_start 0 = off)")
+        if snap:
+            first = timesteps[0]
+            estimate = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, first,
+                                          self.anchor(last, latents, first, translations))
+            observe = torch.tensor(cfg.snap_observe)
+            snapped = self.anchor(last, self._alpha_sigma(observe)[0] * estimate, observe, translations)
+            begin = int((timesteps > snap).sum())
+            timesteps = timesteps[begin:]
+            if len(timesteps):
+                noise = torch.randn(latents.shape, generator=generator)
+                latents = self.train_scheduler.add_noise(snapped, noise, timesteps[:1].long())
+                sampler.set_begin_index(begin)
+            else:
+                latents = snapped
+        for t in timesteps:
             anchor = self.anchor(last, latents, t, translations)
-            anchors = torch.cat([anchor] * len(passes)) if cfg.motion_radius else None
-            sample = self.window_input(ctx_all, len_all, torch.cat([latents] * len(passes)), anchors)
-            parts = self.denoise(unet, sample, t, txt_all)[:, :, cfg.context_frames:].chunk(len(passes))
-            guided = sum(weight * part for weight, part in zip(weights, parts))
-            if rescale:
-                dims = list(range(1, guided.ndim))
-                ratio = parts[-1].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
-                guided = rescale * guided * ratio + (1 - rescale) * guided
-            if cfg.prediction_type == "context_residual":
-                guided = self.residual_x0(latents, guided, t, anchor)
+            guided = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, t, anchor)
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)
         tolerance = cfg.static_tolerance if static_tolerance is None else static_tolerance
         return self.keep_static_cells(latents, last, tolerance) if tolerance else latents
+
+    def guided_output(self, unet, context, context_len, text_embeddings, weights: list[float], rescale: float,
+                      latents: torch.Tensor, t: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """The guided UNet output for ``latents`` at ``t`` as the sampler takes it (for "context_residual"
+        the x0 estimate around ``anchor``); ``context``, ``context_len`` and ``text_embeddings`` hold the
+        guidance passes one after another, mixed by ``weights`` (``generate_chunk``)."""
+        cfg = self.config
+        n = len(weights)
+        anchors = torch.cat([anchor] * n) if cfg.motion_radius else None
+        sample = self.window_input(context, context_len, torch.cat([latents] * n), anchors)
+        parts = self.denoise(unet, sample, t, text_embeddings)[:, :, cfg.context_frames:].chunk(n)
+        guided = sum(weight * part for weight, part in zip(weights, parts))
+        if rescale:
+            dims = list(range(1, guided.ndim))
+            ratio = parts[-1].std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+            guided = rescale * guided * ratio + (1 - rescale) * guided
+        if cfg.prediction_type == "context_residual":
+            guided = self.residual_x0(latents, guided, t, anchor)
+        return guided
 
     def keep_static_cells(self, latents: torch.Tensor, last: torch.Tensor, tolerance: float) -> torch.Tensor:
         """``latents`` (B, C, F, h, w) with each cell within ``tolerance`` grey levels of ``last``
