@@ -19,7 +19,7 @@ text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI]
+       [--guidance-rescale PHI] [--snap-start T] [--snap-observe T] [--snap-decide T]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
@@ -34,8 +34,9 @@ import torch
 
 import envs
 from envs.collect import branch_rollouts, rollout_expert
+from jobconfig import add_fields, from_args
 from worldmodel.generate import default_checkpoint
-from worldmodel.model import VideoWorldModel
+from worldmodel.model import SnapOverrides, VideoWorldModel
 
 
 def first_divergent_chunk(records: list[dict], chunk_frames: int) -> int:
@@ -61,9 +62,11 @@ def main() -> None:
     parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
     parser.add_argument("--guidance-rescale", type=float, default=None,
                         help="override the checkpoint's guidance rescale factor")
+    add_fields(parser, SnapOverrides)
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
+    model = from_args(SnapOverrides, parser, args).apply(model)
     cfg = model.config
     context_frames = args.context_frames or cfg.context_frames
     env = envs.make(args.task)
@@ -119,7 +122,8 @@ def main() -> None:
                       "guidance": [cfg.image_guidance if args.image_guidance is None else args.image_guidance,
                                    cfg.text_guidance if args.text_guidance is None else args.text_guidance],
                       "guidance_rescale": (cfg.guidance_rescale if args.guidance_rescale is None
-                                           else args.guidance_rescale)}))
+                                           else args.guidance_rescale),
+                      "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe, "snap_decide": cfg.snap_decide}))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ import envs
 from envs.collect import rollout_expert
 from envs.retrace_crafter import VIEW_TILES
 from inverse_dynamics.model import InverseDynamicsModel
+from jobconfig import add_fields, from_args
 from tasks import retrace
 from worldmodel.generate import default_checkpoint
-from worldmodel.model import VideoWorldModel
+from worldmodel.model import SnapOverrides, VideoWorldModel
 from worldmodel.video_io import psnr, ssim
 
 
@@ -71,17 +72,12 @@ def main() -> None:
                         help="override the checkpoint's guidance rescale factor")
     parser.add_argument("--static-tolerance", type=float, default=None,
                         help="override the checkpoint's static_tolerance (grey levels; 0 = off)")
-    parser.add_argument("--snap-start", type=int, default=None,
-                        help="override the checkpoint's snap_start (a timestep; 0 = sample from pure noise)")
-    parser.add_argument("--snap-observe", type=int, default=None,
-                        help="override the checkpoint's snap_observe (a timestep)")
+    add_fields(parser, SnapOverrides)
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
+    model = from_args(SnapOverrides, parser, args).apply(model)
     cfg = model.config
-    for name in ("snap_start", "snap_observe"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
     idm = InverseDynamicsModel.from_pretrained(args.idm or default_checkpoint(args.task, "idm"))
     env = envs.make(args.task)
     expert = envs.expert_for(env)
@@ -155,7 +151,7 @@ def main() -> None:
                                    else cfg.guidance_rescale),
               "static_tolerance": (args.static_tolerance if args.static_tolerance is not None
                                    else cfg.static_tolerance),
-              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe}
+              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe, "snap_decide": cfg.snap_decide}
     print(json.dumps(result))
 
 
