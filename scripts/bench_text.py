@@ -19,7 +19,7 @@ text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--snap-start T] [--snap-observe T] [--snap-decide T]
+       [--guidance-rescale PHI] [--snap-start T] [--snap-observe T]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
@@ -123,7 +123,7 @@ def main() -> None:
                                    cfg.text_guidance if args.text_guidance is None else args.text_guidance],
                       "guidance_rescale": (cfg.guidance_rescale if args.guidance_rescale is None
                                            else args.guidance_rescale),
-                      "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe, "snap_decide": cfg.snap_decide}))
+                      "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe}))
 
 
 if __name__ == "__main__":

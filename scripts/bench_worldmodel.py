@@ -35,7 +35,7 @@ scores near repeat-last.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS]
+       [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS] [--snap-start T] [--snap-observe T]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
                                    else cfg.guidance_rescale),
               "static_tolerance": (args.static_tolerance if args.static_tolerance is not None
                                    else cfg.static_tolerance),
-              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe, "snap_decide": cfg.snap_decide}
+              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe}
     print(json.dumps(result))
 
 

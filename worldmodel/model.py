@@ -114,13 +114,10 @@ class WorldModelConfig:
     # noise level `snap_observe`), and the sampler resumes from that frame noised to the first
     # step at or below timestep `snap_start`, as SDEdit resumes from a guide image. Measured on
     # retrace (docs/results/worldmodel_snap_s45/): sharper chunks, 5x faster, but it no longer
-    # follows the text where the context shows no motion yet.
+    # follows the text where the context shows no motion yet; nor when the motion is read off a
+    # later step's estimate (session 46: the estimate follows the text, the snapped frame does not).
     snap_start: int = 0
     snap_observe: int = 300
-    # The estimate that picks the motion comes from the first sampling step at or below this
-    # timestep (the default: the first step, at pure noise); the steps above it run as usual,
-    # so a lower value lets the text commit the sample to a direction before the snap.
-    snap_decide: int = 1000
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
@@ -161,9 +158,7 @@ class SnapOverrides:
     snap_start: int | None = field(default=None, metadata={
         "group": "snap start", "help": "timestep the sampler resumes at from the snapped frame, 0 = off"})
     snap_observe: int | None = field(default=None, metadata={
-        "group": "snap start", "help": "noise level the estimate is read at when picking the motion"})
-    snap_decide: int | None = field(default=None, metadata={
-        "group": "snap start", "help": "timestep whose estimate picks the motion (1000 = the first step)"})
+        "group": "snap start", "help": "noise level the first estimate is read at when picking the motion"})
 
     def apply(self, model: "VideoWorldModel") -> "VideoWorldModel":
         """``model`` (same UNet and text encoder) with the given values, checked as a checkpoint's are."""
@@ -313,9 +308,6 @@ class VideoWorldModel:
                                                                         and not config.motion_radius):
             raise CheckpointError(f"snap_start {config.snap_start}: starting from the motion-compensated frame needs "
                                   f"motion_radius >= 1 and a timestep in [1, {config.num_train_timesteps}) (0 = off)")
-        if config.snap_start and not config.snap_start < config.snap_decide:
-            raise CheckpointError(f"snap_decide {config.snap_decide} must lie above snap_start {config.snap_start}: "
-                                  "the motion is picked before the sampler resumes below snap_start")
         if not 0 < config.snap_observe < config.num_train_timesteps:
             raise CheckpointError(f"snap_observe {config.snap_observe} is not a timestep in "
                                   f"[1, {config.num_train_timesteps})")
@@ -553,30 +545,24 @@ class VideoWorldModel:
         if snap and not (cfg.motion_radius and 0 < snap < steps and 0 < cfg.snap_observe < steps):
             raise ValueError(f"snap_start {snap} (snap_observe {cfg.snap_observe}) needs a model with motion_radius "
                              f">= 1 and timesteps in [1, {steps}) (snap_start 0 = off)")
-        # With snap, the steps above `snap_decide` run as usual; the estimate at the next step picks the
-        # motion, and sampling resumes from the snapped frame at the first step at or below `snap_start`.
-        begin = int((timesteps > snap).sum()) if snap else 0
-        if snap and begin == 0:
-            raise ValueError(f"snap_start {snap} is at or above the first sampling step {int(timesteps[0])}: "
-                             "nothing is left to snap; choose a lower snap_start")
-        decide = min(int((timesteps > cfg.snap_decide).sum()), begin - 1) if snap else -1
-        for i, t in enumerate(timesteps):
-            if decide < i < begin:
-                continue
+        if snap:
+            first = timesteps[0]
+            estimate = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, first,
+                                          self.anchor(last, latents, first, translations))
+            observe = torch.tensor(cfg.snap_observe)
+            snapped = self.anchor(last, self._alpha_sigma(observe)[0] * estimate, observe, translations)
+            begin = int((timesteps > snap).sum())
+            timesteps = timesteps[begin:]
+            if len(timesteps):
+                noise = torch.randn(latents.shape, generator=generator)
+                latents = self.train_scheduler.add_noise(snapped, noise, timesteps[:1].long())
+                sampler.set_begin_index(begin)
+            else:
+                latents = snapped
+        for t in timesteps:
             anchor = self.anchor(last, latents, t, translations)
             guided = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, t, anchor)
-            if i != decide:
-                latents = sampler.step(guided, t, latents).prev_sample
-                continue
-            observe = torch.tensor(cfg.snap_observe)
-            latents = self.anchor(last, self._alpha_sigma(observe)[0] * guided, observe, translations)
-            if begin < len(timesteps):
-                noise = torch.randn(latents.shape, generator=generator)
-                latents = self.train_scheduler.add_noise(latents, noise, timesteps[begin:begin + 1].long())
-                # A fresh solver: the multistep history of the skipped stretch does not apply.
-                sampler = type(self.sampler).from_config(self.sampler.config)
-                sampler.set_timesteps(num_steps or cfg.sample_steps)
-                sampler.set_begin_index(begin)
+            latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)
         tolerance = cfg.static_tolerance if static_tolerance is None else static_tolerance
         return self.keep_static_cells(latents, last, tolerance) if tolerance else latents
