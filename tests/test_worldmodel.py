@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from envs.dataset import load_dataset
-from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, SnapOverrides, VideoWorldModel,
-                              WorldModelConfig, build_unet, with_motion_input, with_text_in_time_embedding)
+from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, SnapOverrides,
+                              VideoWorldModel, WorldModelConfig, build_unet, with_motion_input,
+                              with_text_in_time_embedding)
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
 from worldmodel.train import TrainConfig, corrupt_context, lr_factor, run_train
 

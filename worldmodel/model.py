@@ -163,6 +163,8 @@ class SnapOverrides:
     def apply(self, model: "VideoWorldModel") -> "VideoWorldModel":
         """``model`` (same UNet and text encoder) with the given values, checked as a checkpoint's are."""
         values = {name: value for name, value in asdict(self).items() if value is not None}
+        if not values:
+            return model
         return VideoWorldModel(replace(model.config, **values), model.unet, model.text_encoder)
 
 
