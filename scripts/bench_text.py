@@ -123,7 +123,8 @@ def main() -> None:
                                    cfg.text_guidance if args.text_guidance is None else args.text_guidance],
                       "guidance_rescale": (cfg.guidance_rescale if args.guidance_rescale is None
                                            else args.guidance_rescale),
-                      "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe}))
+                      "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
+                      "snap_keep_estimate": cfg.snap_keep_estimate}))
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ def main() -> None:
                                    else cfg.guidance_rescale),
               "static_tolerance": (args.static_tolerance if args.static_tolerance is not None
                                    else cfg.static_tolerance),
-              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe}
+              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
+              "snap_keep_estimate": cfg.snap_keep_estimate}
     print(json.dumps(result))
 
 

@@ -467,6 +467,31 @@ def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_pa
         model.generate_chunk(context, ["go left"], snap_start=1000)
 
 
+def test_snap_keep_estimate_snaps_only_the_cells_a_move_explains():
+    model = _motion_model(radius=2)
+    context, _ = _window(model, batch=1)
+    last = context[:, :, -1:]
+    # Even frames: a move the estimate shows slightly blurred, which the snap cleans up. Odd
+    # frames: the unmoved view with a new object in 2x2 cells no translation explains.
+    moved = _translated(last, 1, 0)
+    appeared = last.clone()
+    appeared[..., 1:3, 1:3] += 3
+    blur = 0.05 * torch.randn(moved.shape, generator=torch.Generator().manual_seed(1))
+    half = model.config.chunk_frames // 2
+    clean = torch.cat([moved + blur, appeared] * half, dim=2)
+    expected = torch.cat([moved, appeared] * half, dim=2)
+
+    def snapped(keep):
+        snapping = SnapOverrides(snap_start=1, snap_keep_estimate=keep).apply(model)
+        return snapping.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                       num_steps=20, unet=MotionOracleUNet(model, clean))
+
+    assert torch.allclose(snapped(True), expected, atol=1e-4)
+    plain = snapped(False)
+    assert torch.allclose(plain[:, :, ::2], moved.expand_as(plain[:, :, ::2]), atol=1e-4)
+    assert torch.allclose(plain[:, :, 1::2], last.expand_as(plain[:, :, 1::2]), atol=1e-4)
+
+
 class MotionOracleUNet(OracleUNet):
     """The exact residual output around the anchor in the sample's last channels."""
 

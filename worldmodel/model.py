@@ -118,6 +118,10 @@ class WorldModelConfig:
     # later step's estimate (session 46: the estimate follows the text, the snapped frame does not).
     snap_start: int = 0
     snap_observe: int = 300
+    # Snap only the cells the move explains: a cell takes the snapped frame where that is nearer
+    # the estimate (squared error over the cell's channels) than the unmoved frame is, else the
+    # estimate itself. Text-following detail the block translation misses is then kept (session 46).
+    snap_keep_estimate: bool = False
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
     thresholding: bool = False
@@ -159,6 +163,8 @@ class SnapOverrides:
         "group": "snap start", "help": "timestep the sampler resumes at from the snapped frame, 0 = off"})
     snap_observe: int | None = field(default=None, metadata={
         "group": "snap start", "help": "noise level the first estimate is read at when picking the motion"})
+    snap_keep_estimate: bool | None = field(default=None, metadata={
+        "group": "snap start", "help": "snap only the cells the move explains better than the unmoved frame"})
 
     def apply(self, model: "VideoWorldModel") -> "VideoWorldModel":
         """``model`` (same UNet and text encoder) with the given values, checked as a checkpoint's are."""
@@ -553,6 +559,12 @@ class VideoWorldModel:
                                           self.anchor(last, latents, first, translations))
             observe = torch.tensor(cfg.snap_observe)
             snapped = self.anchor(last, self._alpha_sigma(observe)[0] * estimate, observe, translations)
+            if cfg.snap_keep_estimate:
+                # Where the unmoved frame wins, the posterior mean is that frame up to rounding
+                # (~1e-7): a margin keeps such ties on the estimate.
+                error = (snapped - estimate).square().sum(1, keepdim=True)
+                explained = error < (1 - 1e-4) * (last - estimate).square().sum(1, keepdim=True)
+                snapped = torch.where(explained, snapped, estimate)
             begin = int((timesteps > snap).sum())
             timesteps = timesteps[begin:]
             if len(timesteps):
