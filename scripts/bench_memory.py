@@ -10,7 +10,7 @@ Last output line: one JSON object.
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
        [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--memory-variant local|original|global]
        [--memory-targets temporal|spatial+temporal|temporal-decoder] [--memory-reverse true|false]
-       [--modes none,temp-lora] [--static-tolerance GREY_LEVELS]
+       [--modes none,temp-lora] [sampling options: --static-tolerance GREY_LEVELS, --snap-start T, ...]
 Memory settings not given come from the world model, else from MemoryConfig's defaults.
 
 Two overheads are printed. ``overhead`` compares whole rollouts (temp-lora / none - 1), as
@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import time
+from dataclasses import fields
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from jobconfig import add_fields, from_args
 from worldmodel.consistency import revisit_pairs, scene_cuts, scene_revisit_consistency
 from worldmodel.generate import default_checkpoint
 from worldmodel.memory import EpisodeMemory, MemoryOverrides
-from worldmodel.model import VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel
 from worldmodel.video_io import psnr
 
 MODES = ("none", "anchor-frame", "temp-lora")
@@ -74,8 +75,7 @@ def main() -> None:
     add_fields(parser, MemoryOverrides)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--static-tolerance", type=float, default=None,
-                        help="override the world model's static_tolerance (grey levels; 0 = off)")
+    add_fields(parser, SamplingOverrides)
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(MODES):
@@ -91,6 +91,7 @@ def main() -> None:
     memory_seconds = {"update": [], "merge": []}
     seeds = list(range(args.seed, args.seed + args.episodes))
     overrides = from_args(MemoryOverrides, parser, args)
+    sampling = from_args(SamplingOverrides, parser, args)
     for seed in seeds:
         record = rollout_expert(env, expert, seed)
         texts = [record["subgoals"][int(i)]["text"] for i in record["subgoal_index"][::chunk]]
@@ -99,13 +100,11 @@ def main() -> None:
         if seed == seeds[0]:
             # One-time costs (oneDNN kernels built per tensor shape, first backward) stay out of the timings:
             # two chunks with memory meet every shape a rollout uses (1- and 4-frame contexts, both windows).
-            warm = VideoWorldModel.from_pretrained(path)
+            warm = sampling.apply(VideoWorldModel.from_pretrained(path))
             warm.rollout(record["frames"][0], texts[:2], seed=seed,
                          memory=EpisodeMemory(warm, overrides.memory_config(warm)))
         for mode in modes:
-            model = VideoWorldModel.from_pretrained(path)  # fresh: Temp-LoRA adds adapters in place
-            if args.static_tolerance is not None:
-                model.config.static_tolerance = args.static_tolerance
+            model = sampling.apply(VideoWorldModel.from_pretrained(path))  # fresh: Temp-LoRA adds adapters in place
             memory = None
             if mode == "temp-lora":
                 memory = TimedMemory(model, overrides.memory_config(model, seed=seed))
@@ -136,7 +135,7 @@ def main() -> None:
         "seconds_per_chunk": per_chunk, "overhead": overhead,
         "memory_seconds_per_chunk": memory_per_chunk, "overhead_by_parts": overhead_by_parts,
         "memory": memory_used, "seeds": seeds,
-        "static_tolerance": args.static_tolerance if args.static_tolerance is not None else model.config.static_tolerance}))
+        "sampling": {name: getattr(model.config, name) for name in (f.name for f in fields(SamplingOverrides))}}))
 
 
 if __name__ == "__main__":

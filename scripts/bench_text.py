@@ -19,7 +19,8 @@ text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--snap-start T] [--snap-observe T]
+       [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS] [--snap-start T] [--snap-observe T]
+       [--snap-keep-estimate true|false]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
@@ -36,7 +37,7 @@ import envs
 from envs.collect import branch_rollouts, rollout_expert
 from jobconfig import add_fields, from_args
 from worldmodel.generate import default_checkpoint
-from worldmodel.model import SnapOverrides, VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel
 
 
 def first_divergent_chunk(records: list[dict], chunk_frames: int) -> int:
@@ -58,15 +59,11 @@ def main() -> None:
     parser.add_argument("--timesteps", default="300,600,900,999")
     parser.add_argument("--context-frames", type=int, default=None,
                         help="context frames given to the model (default: its full window)")
-    parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
-    parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
-    parser.add_argument("--guidance-rescale", type=float, default=None,
-                        help="override the checkpoint's guidance rescale factor")
-    add_fields(parser, SnapOverrides)
+    add_fields(parser, SamplingOverrides)
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
-    model = from_args(SnapOverrides, parser, args).apply(model)
+    model = from_args(SamplingOverrides, parser, args).apply(model)
     cfg = model.config
     context_frames = args.context_frames or cfg.context_frames
     env = envs.make(args.task)
@@ -102,9 +99,7 @@ def main() -> None:
         context = model.latent.encode(records[0]["frames"][None, max(0, start + 1 - context_frames):start + 1])
         for i, record in enumerate(records):
             latents = model.generate_chunk(context, [record["subgoals"][0]["text"]],
-                                           generator=torch.Generator().manual_seed(seed),
-                                           image_guidance=args.image_guidance, text_guidance=args.text_guidance,
-                                           guidance_rescale=args.guidance_rescale)
+                                           generator=torch.Generator().manual_seed(seed))
             imagined = model.latent.decode(latents)[0].astype(np.float32)
             errors = ((truths - imagined[None]) ** 2).mean(axis=(1, 2, 3, 4))
             following.append(float(np.argmin(errors) == i))
@@ -119,10 +114,7 @@ def main() -> None:
                       "branch_following": round(float(np.mean(following)), 4),
                       "branch_chance": round(float(np.mean(chance)), 4),
                       "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
-                      "guidance": [cfg.image_guidance if args.image_guidance is None else args.image_guidance,
-                                   cfg.text_guidance if args.text_guidance is None else args.text_guidance],
-                      "guidance_rescale": (cfg.guidance_rescale if args.guidance_rescale is None
-                                           else args.guidance_rescale),
+                      "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
                       "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
                       "snap_keep_estimate": cfg.snap_keep_estimate}))
 

@@ -36,6 +36,7 @@ scores near repeat-last.
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
        [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS] [--snap-start T] [--snap-observe T]
+       [--snap-keep-estimate true|false]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from inverse_dynamics.model import InverseDynamicsModel
 from jobconfig import add_fields, from_args
 from tasks import retrace
 from worldmodel.generate import default_checkpoint
-from worldmodel.model import SnapOverrides, VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel
 from worldmodel.video_io import psnr, ssim
 
 
@@ -66,17 +67,11 @@ def main() -> None:
     parser.add_argument("--chunks-per-episode", type=int, default=4)
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the task's shipped one)")
-    parser.add_argument("--image-guidance", type=float, default=None, help="override the checkpoint's scale")
-    parser.add_argument("--text-guidance", type=float, default=None, help="override the checkpoint's scale")
-    parser.add_argument("--guidance-rescale", type=float, default=None,
-                        help="override the checkpoint's guidance rescale factor")
-    parser.add_argument("--static-tolerance", type=float, default=None,
-                        help="override the checkpoint's static_tolerance (grey levels; 0 = off)")
-    add_fields(parser, SnapOverrides)
+    add_fields(parser, SamplingOverrides)
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
-    model = from_args(SnapOverrides, parser, args).apply(model)
+    model = from_args(SamplingOverrides, parser, args).apply(model)
     cfg = model.config
     idm = InverseDynamicsModel.from_pretrained(args.idm or default_checkpoint(args.task, "idm"))
     env = envs.make(args.task)
@@ -105,10 +100,7 @@ def main() -> None:
             kinds.append(subgoal["kind"])
             context = model.latent.encode(context_frames[None])
             began = time.perf_counter()
-            chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)),
-                                         image_guidance=args.image_guidance, text_guidance=args.text_guidance,
-                                         guidance_rescale=args.guidance_rescale,
-                                         static_tolerance=args.static_tolerance)
+            chunk = model.generate_chunk(context, [text], generator=torch.Generator().manual_seed(int(start)))
             seconds.append(time.perf_counter() - began)
             generated = model.latent.decode(chunk)[0]
             repeat = np.repeat(context_frames[-1:], len(truth), axis=0)
@@ -145,12 +137,8 @@ def main() -> None:
               "by_kind": by_kind(kinds, scores | oracle, covered, actions, args.task, cfg.chunk_frames),
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
-              "guidance": [args.image_guidance if args.image_guidance is not None else cfg.image_guidance,
-                           args.text_guidance if args.text_guidance is not None else cfg.text_guidance],
-              "guidance_rescale": (args.guidance_rescale if args.guidance_rescale is not None
-                                   else cfg.guidance_rescale),
-              "static_tolerance": (args.static_tolerance if args.static_tolerance is not None
-                                   else cfg.static_tolerance),
+              "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
+              "static_tolerance": cfg.static_tolerance,
               "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
               "snap_keep_estimate": cfg.snap_keep_estimate}
     print(json.dumps(result))

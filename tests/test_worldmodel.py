@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from envs.dataset import load_dataset
-from worldmodel.model import (CheckpointError, FrameAxisConv3d, SingleKeyAttnProcessor, SnapOverrides,
+from worldmodel.model import (CheckpointError, FrameAxisConv3d, SamplingOverrides, SingleKeyAttnProcessor,
                               VideoWorldModel, WorldModelConfig, build_unet, with_motion_input,
                               with_text_in_time_embedding)
 from worldmodel.text import TextEncoder, TextEncoderError, WhitenedText
@@ -454,9 +454,9 @@ def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_pa
     assert torch.allclose(chunk, clean, atol=1e-3)
     assert calls[0] == 999 and calls[1] <= 400 < max(calls[1:] + [999]) and len(calls) < 20
     # A benchmark's override is checked as the checkpoint's setting is.
-    assert SnapOverrides(snap_start=300).apply(model).config.snap_start == 300
+    assert SamplingOverrides(snap_start=300).apply(model).config.snap_start == 300
     with pytest.raises(CheckpointError, match="snap_observe"):
-        SnapOverrides(snap_observe=0).apply(model)
+        SamplingOverrides(snap_observe=0).apply(model)
     # The setting is the checkpoint's, and needs the motion anchor.
     snapping = VideoWorldModel(replace(model.config, snap_start=100), model.unet, model.text_encoder)
     snapping.save_pretrained(tmp_path / "snap", dtype=torch.float32)
@@ -482,7 +482,7 @@ def test_snap_keep_estimate_snaps_only_the_cells_a_move_explains():
     expected = torch.cat([moved, appeared] * half, dim=2)
 
     def snapped(keep):
-        snapping = SnapOverrides(snap_start=1, snap_keep_estimate=keep).apply(model)
+        snapping = SamplingOverrides(snap_start=1, snap_keep_estimate=keep).apply(model)
         return snapping.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
                                        num_steps=20, unet=MotionOracleUNet(model, clean))
 

@@ -157,14 +157,22 @@ class WorldModelConfig:
 
 
 @dataclass
-class SnapOverrides:
-    """The snap settings a benchmark may override on the command line; None keeps the checkpoint's."""
+class SamplingOverrides:
+    """The sampling settings a benchmark may override on the command line; None keeps the checkpoint's."""
+    image_guidance: float | None = field(default=None, metadata={
+        "group": "sampling", "help": "image guidance scale g_i"})
+    text_guidance: float | None = field(default=None, metadata={
+        "group": "sampling", "help": "text guidance scale g_t"})
+    guidance_rescale: float | None = field(default=None, metadata={
+        "group": "sampling", "help": "guidance rescale factor phi in [0, 1], 0 = plain CFG"})
+    static_tolerance: float | None = field(default=None, metadata={
+        "group": "sampling", "help": "grey levels within which a cell keeps the last context frame's, 0 = off"})
     snap_start: int | None = field(default=None, metadata={
-        "group": "snap start", "help": "timestep the sampler resumes at from the snapped frame, 0 = off"})
+        "group": "sampling", "help": "timestep the sampler resumes at from the snapped frame, 0 = off"})
     snap_observe: int | None = field(default=None, metadata={
-        "group": "snap start", "help": "noise level the first estimate is read at when picking the motion"})
+        "group": "sampling", "help": "noise level the first estimate is read at when picking the motion"})
     snap_keep_estimate: bool | None = field(default=None, metadata={
-        "group": "snap start", "help": "snap only the cells the move explains better than the unmoved frame"})
+        "group": "sampling", "help": "snap only the cells the move explains better than the unmoved frame"})
 
     def apply(self, model: "VideoWorldModel") -> "VideoWorldModel":
         """``model`` (same UNet and text encoder) with the given values, checked as a checkpoint's are."""
