@@ -5,7 +5,8 @@ subgoal text per chunk) and the simulator's true frames. The world model imagine
 whole script from the first frame (open loop) with memory ``none``, ``anchor-frame``
 and ``temp-lora``; revisit frames (same place / same cube layout again, from the
 simulator's state) are scored. Retrace uses 6 legs so that videos have >= 96 frames.
-Last output line: one JSON object.
+Last output line: one JSON object (``modes``: means over episodes; ``per_episode``: each episode's, in seed order,
+for paired comparisons).
 
 Usage: python scripts/bench_memory.py --task retrace [--seed 10000] [--episodes 1] [--checkpoint DIR]
        [--memory-steps K] [--memory-lr LR] [--memory-crop N] [--memory-variant local|original|global]
@@ -132,6 +133,7 @@ def main() -> None:
     print(json.dumps({
         "task": args.task, "frames": len(record["frames"]), "revisit_pairs": len(pairs),
         "modes": {m: {k: round(float(np.nanmean(v)), 4) for k, v in s.items()} for m, s in scores.items()},
+        "per_episode": {m: {k: [round(float(x), 4) for x in v] for k, v in s.items()} for m, s in scores.items()},
         "seconds_per_chunk": per_chunk, "overhead": overhead,
         "memory_seconds_per_chunk": memory_per_chunk, "overhead_by_parts": overhead_by_parts,
         "memory": memory_used, "seeds": seeds,
