@@ -120,7 +120,8 @@ class WorldModelConfig:
     snap_observe: int = 300
     # Snap only the cells the move explains: a cell takes the snapped frame where that is nearer
     # the estimate (squared error over the cell's channels) than the unmoved frame is, else the
-    # estimate itself. Text-following detail the block translation misses is then kept (session 46).
+    # estimate itself, which keeps what the text changes and no translation shows. Measured on
+    # retrace (docs/results/worldmodel_snap_keep_s47/): text following back from 0.30 to 0.52-0.65.
     snap_keep_estimate: bool = False
     # Dynamic thresholding of DPM-Solver's x0 estimates (Imagen); it rescales x0 into
     # [-1, 1], so it only suits latents in that range.
