@@ -444,27 +444,26 @@ def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_pa
             calls.append(int(t))
             return super().forward(sample, t, encoder_hidden_states)
 
+    def sample(snap_start):
+        return SamplingOverrides(snap_start=snap_start).apply(model).generate_chunk(
+            context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
+            unet=CountingOracle(model, clean))
+
     # Below the last step: the chunk is the snapped frames themselves, after one UNet pass at pure noise.
-    chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
-                                 unet=CountingOracle(model, clean), snap_start=1)
-    assert torch.allclose(chunk, clean, atol=1e-4) and len(calls) == 1
+    assert torch.allclose(sample(1), clean, atol=1e-4) and len(calls) == 1
     calls.clear()
-    chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
-                                 unet=CountingOracle(model, clean), snap_start=400)
-    assert torch.allclose(chunk, clean, atol=1e-3)
+    assert torch.allclose(sample(400), clean, atol=1e-3)
     assert calls[0] == 999 and calls[1] <= 400 < max(calls[1:] + [999]) and len(calls) < 20
     # A benchmark's override is checked as the checkpoint's setting is.
-    assert SamplingOverrides(snap_start=300).apply(model).config.snap_start == 300
-    with pytest.raises(CheckpointError, match="snap_observe"):
-        SamplingOverrides(snap_observe=0).apply(model)
+    for bad in ({"snap_observe": 0}, {"snap_start": 1000}, {"guidance_rescale": 2.0}):
+        with pytest.raises(CheckpointError, match=next(iter(bad))):
+            SamplingOverrides(**bad).apply(model)
     # The setting is the checkpoint's, and needs the motion anchor.
     snapping = VideoWorldModel(replace(model.config, snap_start=100), model.unet, model.text_encoder)
     snapping.save_pretrained(tmp_path / "snap", dtype=torch.float32)
     assert VideoWorldModel.from_pretrained(tmp_path / "snap").config.snap_start == 100
     with pytest.raises(CheckpointError, match="snap_start"):
         VideoWorldModel(WorldModelConfig(**TINY, prediction_type="context_residual", snap_start=100))
-    with pytest.raises(ValueError, match="snap_start"):
-        model.generate_chunk(context, ["go left"], snap_start=1000)
 
 
 def test_snap_keep_estimate_snaps_only_the_cells_a_move_explains():

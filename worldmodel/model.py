@@ -512,7 +512,7 @@ class VideoWorldModel:
                        generator: torch.Generator | None = None, num_steps: int | None = None,
                        image_guidance: float | None = None, text_guidance: float | None = None,
                        guidance_rescale: float | None = None, static_tolerance: float | None = None,
-                       unet=None, snap_start: int | None = None) -> torch.Tensor:
+                       unet=None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
         Three-way CFG (App. C.1): eps = u + g_i (img - u) + g_t (text - img), applied to
@@ -523,8 +523,8 @@ class VideoWorldModel:
         only the text pass. ``guidance_rescale`` (phi) then moves the guided output towards
         the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
-        sampled frames leave within it (``WorldModelConfig.static_tolerance``). ``snap_start``
-        overrides ``WorldModelConfig.snap_start``.
+        sampled frames leave within it (``WorldModelConfig.static_tolerance``). The snap settings
+        are the config's (``SamplingOverrides`` gives a model with others).
         """
         cfg = self.config
         unet = unet or self.unet
@@ -557,12 +557,7 @@ class VideoWorldModel:
         was_training = unet.training
         unet.eval()
         timesteps = sampler.timesteps
-        snap = cfg.snap_start if snap_start is None else snap_start
-        steps = cfg.num_train_timesteps
-        if snap and not (cfg.motion_radius and 0 < snap < steps and 0 < cfg.snap_observe < steps):
-            raise ValueError(f"snap_start {snap} (snap_observe {cfg.snap_observe}) needs a model with motion_radius "
-                             f">= 1 and timesteps in [1, {steps}) (snap_start 0 = off)")
-        if snap:
+        if cfg.snap_start:
             first = timesteps[0]
             estimate = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, first,
                                           self.anchor(last, latents, first, translations))
@@ -574,7 +569,7 @@ class VideoWorldModel:
                 error = (snapped - estimate).square().sum(1, keepdim=True)
                 explained = error < (1 - 1e-4) * (last - estimate).square().sum(1, keepdim=True)
                 snapped = torch.where(explained, snapped, estimate)
-            begin = int((timesteps > snap).sum())
+            begin = int((timesteps > cfg.snap_start).sum())
             timesteps = timesteps[begin:]
             if len(timesteps):
                 noise = torch.randn(latents.shape, generator=generator)
