@@ -115,8 +115,8 @@ def main() -> None:
                       "branch_chance": round(float(np.mean(chance)), 4),
                       "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
                       "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
-                      "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
-                      "snap_keep_estimate": cfg.snap_keep_estimate}))
+                      "static_tolerance": cfg.static_tolerance, "snap_start": cfg.snap_start,
+                      "snap_observe": cfg.snap_observe, "snap_keep_estimate": cfg.snap_keep_estimate}))
 
 
 if __name__ == "__main__":

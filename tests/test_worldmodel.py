@@ -470,7 +470,7 @@ def test_snap_keep_estimate_snaps_only_the_cells_a_move_explains():
     model = _motion_model(radius=2)
     context, _ = _window(model, batch=1)
     last = context[:, :, -1:]
-    # Even frames: a move the estimate shows slightly blurred, which the snap cleans up. Odd
+    # Even frames: a move the estimate shows with small errors, which the snap removes. Odd
     # frames: the unmoved view with a new object in 2x2 cells no translation explains.
     moved = _translated(last, 1, 0)
     appeared = last.clone()
