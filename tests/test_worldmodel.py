@@ -222,8 +222,8 @@ def test_static_tolerance_copies_only_the_cells_that_stay_within_it_of_the_last_
     unet = OracleUNet(model, model.latent.encode(truth.astype(np.uint8)[None]))
 
     def sample(tolerance):
-        chunk = model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
-                                     static_tolerance=tolerance, unet=unet)
+        chunk = SamplingOverrides(static_tolerance=tolerance).apply(model).generate_chunk(
+            context, ["go left"], generator=torch.Generator().manual_seed(0), unet=unet)
         return model.latent.decode(chunk)[0].astype(np.int16)
 
     plain, kept = sample(0.0), sample(8.0)
@@ -259,8 +259,8 @@ class PassRecorder(torch.nn.Module):
 def test_guidance_runs_only_the_passes_with_nonzero_weight(tiny_model, guidance, passes):
     context, _ = _window(tiny_model, batch=1)
     recorder = PassRecorder(tiny_model, tiny_model.text_encoder(["go left"]))
-    tiny_model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
-                              image_guidance=guidance[0], text_guidance=guidance[1], unet=recorder)
+    guided = SamplingOverrides(image_guidance=guidance[0], text_guidance=guidance[1]).apply(tiny_model)
+    guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), unet=recorder)
     assert recorder.calls == [passes] * tiny_model.config.sample_steps
 
 
@@ -268,8 +268,8 @@ def test_skipped_passes_give_the_three_pass_result(tiny_model):
     context, _ = _window(tiny_model, batch=1)
 
     def sample(image_guidance):
-        return tiny_model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
-                                         image_guidance=image_guidance, text_guidance=1.0)
+        guided = SamplingOverrides(image_guidance=image_guidance, text_guidance=1.0).apply(tiny_model)
+        return guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0))
 
     # 1 + 1e-6 keeps all three passes, two of them with weights +-1e-6.
     assert torch.allclose(sample(1.0), sample(1.0 + 1e-6), atol=1e-4)
@@ -295,9 +295,10 @@ def test_guidance_rescale_gives_the_sampler_the_text_pass_spread(tiny_model, mon
 
     def sample(text_guidance, rescale):
         text_parts.clear(), given.clear()
-        return tiny_model.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
-                                         image_guidance=1.0, text_guidance=text_guidance, guidance_rescale=rescale,
-                                         unet=TextPassRecorder())
+        guided = SamplingOverrides(image_guidance=1.0, text_guidance=text_guidance,
+                                   guidance_rescale=rescale).apply(tiny_model)
+        return guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
+                                     unet=TextPassRecorder())
 
     # A random tiny UNet barely reads its text, so the guidance is made large enough to show.
     plain = sample(40.0, 0.0)

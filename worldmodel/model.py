@@ -333,6 +333,9 @@ class VideoWorldModel:
                                   "(0 keeps sampled cells as they are)")
         if not 0 <= config.guidance_rescale <= 1:
             raise CheckpointError(f"guidance_rescale {config.guidance_rescale} is not in [0, 1] (0 = plain CFG)")
+        if config.guidance_rescale and config.text_guidance == 0:
+            raise CheckpointError("guidance_rescale scales towards the text pass, which text_guidance 0 leaves out: "
+                                  "set guidance_rescale 0 or a nonzero text_guidance")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift, config.image_size)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         # What the UNet is conditioned on: (B,) texts -> (B, 1, dim).
@@ -510,8 +513,6 @@ class VideoWorldModel:
     @torch.no_grad()
     def generate_chunk(self, context: torch.Tensor, texts: list[str], context_len: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, num_steps: int | None = None,
-                       image_guidance: float | None = None, text_guidance: float | None = None,
-                       guidance_rescale: float | None = None, static_tolerance: float | None = None,
                        unet=None) -> torch.Tensor:
         """Next ``chunk_frames`` latents after ``context`` (B, C, f_p, h, w), f_p <= context_frames.
 
@@ -523,22 +524,15 @@ class VideoWorldModel:
         only the text pass. ``guidance_rescale`` (phi) then moves the guided output towards
         the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
-        sampled frames leave within it (``WorldModelConfig.static_tolerance``). The snap settings
-        are the config's (``SamplingOverrides`` gives a model with others).
+        sampled frames leave within it (``WorldModelConfig.static_tolerance``). All these settings
+        are the config's; ``SamplingOverrides`` gives a model with others.
         """
         cfg = self.config
         unet = unet or self.unet
         context, real_frames = self.context_slots(context)
         context_len = real_frames if context_len is None else context_len
         b, c, _, h, w = context.shape
-        g_i = cfg.image_guidance if image_guidance is None else image_guidance
-        g_t = cfg.text_guidance if text_guidance is None else text_guidance
-        rescale = cfg.guidance_rescale if guidance_rescale is None else guidance_rescale
-        if not 0 <= rescale <= 1:
-            raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = plain CFG), got {rescale}")
-        if rescale and g_t == 0:
-            raise ValueError("guidance_rescale scales towards the text pass, which text_guidance 0 leaves out: "
-                             "set guidance_rescale 0 or a nonzero text_guidance")
+        g_i, g_t, rescale = cfg.image_guidance, cfg.text_guidance, cfg.guidance_rescale
         text = self.embed(texts)
         empty = self.empty_text(b)
         passes = [(1 - g_i, torch.zeros_like(context_len), empty), (g_i - g_t, context_len, empty),
@@ -582,8 +576,7 @@ class VideoWorldModel:
             guided = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, t, anchor)
             latents = sampler.step(guided, t, latents).prev_sample
         unet.train(was_training)
-        tolerance = cfg.static_tolerance if static_tolerance is None else static_tolerance
-        return self.keep_static_cells(latents, last, tolerance) if tolerance else latents
+        return self.keep_static_cells(latents, last, cfg.static_tolerance) if cfg.static_tolerance else latents
 
     def guided_output(self, unet, context, context_len, text_embeddings, weights: list[float], rescale: float,
                       latents: torch.Tensor, t: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
