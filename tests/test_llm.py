@@ -46,14 +46,26 @@ class ScriptedChat(BaseHTTPRequestHandler):
         pass
 
 
+class ScriptedServer(ThreadingHTTPServer):
+    # Handler threads are joined when the server closes: a reply still being written after its
+    # test ended (the timeout test's) would otherwise print its error into a later test's stderr.
+    daemon_threads = False
+    block_on_close = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out has hung up
+            super().handle_error(request, client_address)
+
+
 @pytest.fixture()
 def server():
     ScriptedChat.replies, ScriptedChat.requests = [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
+    httpd = ScriptedServer(("127.0.0.1", 0), ScriptedChat)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     httpd.shutdown()
+    httpd.server_close()
 
 
 def test_valid_reply_is_used(server):
