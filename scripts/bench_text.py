@@ -19,8 +19,8 @@ text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS] [--snap-start T] [--snap-observe T]
-       [--snap-keep-estimate true|false]
+       [--guidance-rescale PHI] [--guidance-t-min T] [--guidance-t-max T] [--static-tolerance GREY_LEVELS]
+       [--snap-start T] [--snap-observe T] [--snap-keep-estimate true|false]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.
 """
@@ -115,6 +115,7 @@ def main() -> None:
                       "branch_chance": round(float(np.mean(chance)), 4),
                       "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
                       "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
+                      "guidance_interval": [cfg.guidance_t_min, cfg.guidance_t_max],
                       "static_tolerance": cfg.static_tolerance, "snap_start": cfg.snap_start,
                       "snap_observe": cfg.snap_observe, "snap_keep_estimate": cfg.snap_keep_estimate}))
 

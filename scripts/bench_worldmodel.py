@@ -35,8 +35,8 @@ scores near repeat-last.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--static-tolerance GREY_LEVELS] [--snap-start T] [--snap-observe T]
-       [--snap-keep-estimate true|false]
+       [--guidance-rescale PHI] [--guidance-t-min T] [--guidance-t-max T] [--static-tolerance GREY_LEVELS]
+       [--snap-start T] [--snap-observe T] [--snap-keep-estimate true|false]
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main() -> None:
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
               "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
+              "guidance_interval": [cfg.guidance_t_min, cfg.guidance_t_max],
               "static_tolerance": cfg.static_tolerance,
               "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
               "snap_keep_estimate": cfg.snap_keep_estimate}

@@ -264,6 +264,32 @@ def test_guidance_runs_only_the_passes_with_nonzero_weight(tiny_model, guidance,
     assert recorder.calls == [passes] * tiny_model.config.sample_steps
 
 
+def test_steps_outside_the_guidance_interval_run_the_text_pass_alone(tiny_model):
+    context, _ = _window(tiny_model, batch=1)
+    recorder = PassRecorder(tiny_model, tiny_model.text_encoder(["go left"]))
+    guided = SamplingOverrides(image_guidance=2.0, text_guidance=5.0, guidance_t_min=500).apply(tiny_model)
+    guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), unet=recorder)
+    sampler = type(tiny_model.sampler).from_config(tiny_model.sampler.config)
+    sampler.set_timesteps(tiny_model.config.sample_steps)
+    expected = [[(False, False), (True, False), (True, True)] if t >= 500 else [(True, True)]
+                for t in sampler.timesteps]
+    assert recorder.calls == expected and [(True, True)] in expected and len(expected[0]) == 3
+
+    def sample(**overrides):
+        return SamplingOverrides(**overrides).apply(tiny_model).generate_chunk(
+            context, ["go left"], generator=torch.Generator().manual_seed(0))
+
+    # Guided on no step (every timestep >= 1) is the text pass alone, i.e. g_i = g_t = 1.
+    unguided = sample(image_guidance=1.0, text_guidance=1.0)
+    assert torch.equal(sample(image_guidance=2.0, text_guidance=5.0, guidance_t_min=0, guidance_t_max=0), unguided)
+    assert not torch.allclose(sample(image_guidance=2.0, text_guidance=5.0), unguided, atol=1e-4)
+
+
+def test_a_reversed_guidance_interval_is_a_checkpoint_error(tiny_model):
+    with pytest.raises(CheckpointError, match="guidance_t_min <= guidance_t_max"):
+        SamplingOverrides(guidance_t_min=600, guidance_t_max=400).apply(tiny_model)
+
+
 def test_skipped_passes_give_the_three_pass_result(tiny_model):
     context, _ = _window(tiny_model, batch=1)
 
