@@ -79,8 +79,8 @@ class WorldModelConfig:
     # which on retrace shows as pixels changing where nothing moves (measured: docs/results/README.md).
     guidance_rescale: float = 0.0
     # Guidance only on the sampling steps with guidance_t_min <= t <= guidance_t_max; the others
-    # take the most-conditioned pass alone, at a third of the cost (Kynkaanniemi et al. 2024
-    # apply guidance in a limited interval of noise levels). The defaults guide every step.
+    # take the most-conditioned pass alone, one UNet pass instead of two or three (Kynkaanniemi
+    # et al. 2024 guide in a limited interval of noise levels). The defaults guide every step.
     guidance_t_min: int = 0
     guidance_t_max: int = 1000
     # Cells (one latent position, latent_factor^2 pixels) of a generated frame whose every pixel
@@ -172,7 +172,7 @@ class SamplingOverrides:
     guidance_rescale: float | None = field(default=None, metadata={
         "group": "sampling", "help": "guidance rescale factor phi in [0, 1], 0 = plain CFG"})
     guidance_t_min: int | None = field(default=None, metadata={
-        "group": "sampling", "help": "lowest timestep that is guided (the others take the conditional pass alone)"})
+        "group": "sampling", "help": "lowest timestep that is guided (the others run the most-conditioned pass alone)"})
     guidance_t_max: int | None = field(default=None, metadata={
         "group": "sampling", "help": "highest timestep that is guided"})
     static_tolerance: float | None = field(default=None, metadata={
@@ -534,9 +534,9 @@ class VideoWorldModel:
         given x_t), with the passes (no image + no text, image + no text, image + text)
         in one batch. Written as (1 - g_i) u + (g_i - g_t) img + g_t text, a pass whose
         weight is zero is skipped: g_i = 1 needs no unconditional pass, g_i = g_t = 1
-        only the text pass. Steps outside [``guidance_t_min``, ``guidance_t_max``] run only the
-        last (most-conditioned) pass, unguided. ``guidance_rescale`` (phi) then moves the guided output towards
-        the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
+        only the text pass. Steps outside [``guidance_t_min``, ``guidance_t_max``] run only
+        the last (most-conditioned) pass, unguided. ``guidance_rescale`` (phi) then moves the
+        guided output towards the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
         sampled frames leave within it (``WorldModelConfig.static_tolerance``). All these settings
         are the config's; ``SamplingOverrides`` gives a model with others.
