@@ -536,7 +536,8 @@ class VideoWorldModel:
         weight is zero is skipped: g_i = 1 needs no unconditional pass, g_i = g_t = 1
         only the text pass. Steps outside [``guidance_t_min``, ``guidance_t_max``] run only
         the last (most-conditioned) pass, unguided. ``guidance_rescale`` (phi) then moves the
-        guided output towards the text pass's per-sample standard deviation: phi * g * std(text) / std(g) + (1 - phi) * g.
+        guided output towards the text pass's per-sample standard deviation:
+        phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
         sampled frames leave within it (``WorldModelConfig.static_tolerance``). All these settings
         are the config's; ``SamplingOverrides`` gives a model with others.
