@@ -42,7 +42,7 @@ from inverse_dynamics.replay import replay
 from jobconfig import ConfigError, load_yaml, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MemoryOverrides
-from worldmodel.model import VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel
 
 # variant -> (world model folder under the task's checkpoints, memory mode)
 VARIANTS = {
@@ -54,7 +54,8 @@ VARIANTS = {
 REFERENCES = ("expert", "idm-replay", "no-op")
 # Options that change what an episode file holds: a rerun into the same folder must keep them.
 EPISODE_OPTIONS = ("task", "backend", "checkpoint", *(f.name for f in dataclasses.fields(MemoryOverrides)),
-                   "memory_source", "expert_first_phase", "draw")
+                   *(f.name for f in dataclasses.fields(SamplingOverrides)), "memory_source", "expert_first_phase",
+                   "draw")
 # The paper's Table 2 claims, as (lower, higher) distance pairs, and the do-nothing row every plan must beat.
 CLAIMS = (("slow-fast", "temp-lora"), ("temp-lora", "no-memory"), ("slow-fast", "no-memory"),
           ("slow-fast", "anchor-frame"), ("anchor-frame", "no-memory"), ("no-memory", "no-op"))
@@ -65,7 +66,7 @@ RETURN_PHASE = {"legs_retraced": "legs retraced"}
 
 
 @dataclass
-class EvaluateConfig(MemoryOverrides):
+class EvaluateConfig(MemoryOverrides, SamplingOverrides):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     variants: str = field(default="no-memory,anchor-frame,temp-lora,slow-fast",
@@ -241,11 +242,19 @@ def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
                           "folder's own settings (its config.yaml) to resume, or pick another --out")
 
 
+def _check_sampling(cfg: EvaluateConfig, paths: dict[str, Path]) -> None:
+    """A sampling override the world models refuse fails now, not after the reference rows have run."""
+    if any(value is not None for value in cfg.sampling_options().values()):
+        for name in {VARIANTS[v][0] for v in cfg.variant_list()}:
+            cfg.apply_sampling(VideoWorldModel.from_pretrained(paths[name]))
+
+
 def run_evaluate(cfg: EvaluateConfig) -> int:
     envs.factory(cfg.task, cfg.backend)
     paths = _checkpoints(cfg)
     out = Path(cfg.out)
     _check_resumable(cfg, out)
+    _check_sampling(cfg, paths)
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     idm = InverseDynamicsModel.from_pretrained(paths["idm"])
@@ -267,7 +276,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                     if models is None:  # a fresh model per variant: Temp-LoRA adds adapters in place
                         models = VideoWorldModel.from_pretrained(paths[VARIANTS[row][0]])
                     plan_cfg = PlanConfig(task=cfg.task, backend=cfg.backend, memory=VARIANTS[row][1], seed=seed,
-                                          out=str(done.parent), **cfg.memory_options(),
+                                          out=str(done.parent), **cfg.memory_options(), **cfg.sampling_options(),
                                           memory_source=cfg.memory_source, expert_first_phase=cfg.expert_first_phase,
                                           draw=cfg.draw, videos=i == 0, progress=False)
                     plan_episode(plan_cfg, models, idm)

@@ -23,12 +23,12 @@ from inverse_dynamics.model import InverseDynamicsModel
 from jobconfig import ConfigError, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MEMORY_MODES, MemoryOverrides
-from worldmodel.model import VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel
 from worldmodel.video_io import write_video
 
 
 @dataclass
-class PlanConfig(MemoryOverrides):
+class PlanConfig(MemoryOverrides, SamplingOverrides):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
@@ -101,6 +101,7 @@ def noise_seed(seed: int, draw: int) -> int:
 
 def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDynamicsModel) -> dict:
     task = tasks.get(cfg.task)
+    world_model = cfg.apply_sampling(world_model)
     env = envs.make(cfg.task, cfg.backend)
     env.reset(seed=cfg.seed)
     goal = cfg.goal or env.goal_text()
@@ -126,6 +127,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
         "memory_losses": [round(loss, 6) for loss in record.memory_losses],
         "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source, "expert_first_phase": cfg.expert_first_phase,
         "memory_config": memory_config.to_dict() if cfg.memory == "temp-lora" else None,
+        "sampling": SamplingOverrides.settings_of(world_model),
     }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

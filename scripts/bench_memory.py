@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import time
-from dataclasses import fields
 
 import numpy as np
 
@@ -101,11 +100,11 @@ def main() -> None:
         if seed == seeds[0]:
             # One-time costs (oneDNN kernels built per tensor shape, first backward) stay out of the timings:
             # two chunks with memory meet every shape a rollout uses (1- and 4-frame contexts, both windows).
-            warm = sampling.apply(VideoWorldModel.from_pretrained(path))
+            warm = sampling.apply_sampling(VideoWorldModel.from_pretrained(path))
             warm.rollout(record["frames"][0], texts[:2], seed=seed,
                          memory=EpisodeMemory(warm, overrides.memory_config(warm)))
         for mode in modes:
-            model = sampling.apply(VideoWorldModel.from_pretrained(path))  # fresh: Temp-LoRA adds adapters in place
+            model = sampling.apply_sampling(VideoWorldModel.from_pretrained(path))  # fresh: Temp-LoRA adds adapters in place
             memory = None
             if mode == "temp-lora":
                 memory = TimedMemory(model, overrides.memory_config(model, seed=seed))
@@ -137,7 +136,7 @@ def main() -> None:
         "seconds_per_chunk": per_chunk, "overhead": overhead,
         "memory_seconds_per_chunk": memory_per_chunk, "overhead_by_parts": overhead_by_parts,
         "memory": memory_used, "seeds": seeds,
-        "sampling": {name: getattr(model.config, name) for name in (f.name for f in fields(SamplingOverrides))}}))
+        "sampling": SamplingOverrides.settings_of(model)}))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
-    model = from_args(SamplingOverrides, parser, args).apply(model)
+    model = from_args(SamplingOverrides, parser, args).apply_sampling(model)
     cfg = model.config
     context_frames = args.context_frames or cfg.context_frames
     env = envs.make(args.task)

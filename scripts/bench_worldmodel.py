@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
-    model = from_args(SamplingOverrides, parser, args).apply(model)
+    model = from_args(SamplingOverrides, parser, args).apply_sampling(model)
     cfg = model.config
     idm = InverseDynamicsModel.from_pretrained(args.idm or default_checkpoint(args.task, "idm"))
     env = envs.make(args.task)

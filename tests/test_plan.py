@@ -226,6 +226,35 @@ def test_evaluate_writes_table_plot_and_resumes(tiny_checkpoints, tmp_path, caps
     assert not json.loads((tmp_path / "eval" / "results.json").read_text())["config"]["expert_first_phase"]
 
 
+def test_plan_and_evaluate_sample_with_the_given_settings(tiny_checkpoints, tmp_path, capsys):
+    def plan(name, *flags):
+        assert main(["plan", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"), "--memory",
+                     "temp-lora", "--seed", "3", "--out", str(tmp_path / name), "--no-progress", "--no-videos",
+                     *flags]) == 0
+        return json.loads((tmp_path / name / "episode.json").read_text())
+
+    # The memory learns from the imagined chunks, so its losses show whether the sampler changed.
+    shipped, interval = plan("shipped"), plan("interval", "--guidance-t-min", "600")
+    assert shipped["sampling"]["guidance_t_min"] == 0 and interval["sampling"]["guidance_t_min"] == 600
+    assert interval["memory_losses"] != shipped["memory_losses"]
+    # Guiding no step is the same sampler as guidance (1, 1), down to the memory's last loss.
+    unguided = plan("unguided", "--guidance-t-min", "1000")
+    assert unguided["memory_losses"] == plan("plain", "--image-guidance", "1", "--text-guidance", "1")["memory_losses"]
+
+    args = ["evaluate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"), "--variants",
+            "no-memory", "--episodes", "1", "--seed", "3", "--no-references", "--no-progress"]
+    out = tmp_path / "eval"
+    assert main([*args, "--out", str(out), "--guidance-t-min", "600"]) == 0
+    evaluated = json.loads((out / "episodes" / "no-memory" / "seed_3" / "episode.json").read_text())
+    assert evaluated["sampling"]["guidance_t_min"] == 600
+    assert main([*args, "--out", str(out), "--guidance-t-min", "700"]) == 2  # other episodes: another folder
+    assert "--guidance-t-min 600 -> 700" in capsys.readouterr().err
+    # A setting the model refuses stops the run before any episode, naming the setting.
+    assert main([*args, "--out", str(tmp_path / "bad"), "--guidance-t-min", "600", "--guidance-t-max", "400"]) == 2
+    assert "guidance_t_min <= guidance_t_max" in capsys.readouterr().err
+    assert not list((tmp_path / "bad" / "episodes").rglob("episode.json"))
+
+
 def test_return_cubes_table_reports_whether_cubes_were_moved_aside(tmp_path):
     from agent.evaluate import EvaluateConfig, _reference_episode, summarise, write_table
 
@@ -290,8 +319,9 @@ def test_generate_writes_a_long_video(tiny_checkpoints, tmp_path, capsys):
     out = tmp_path / "gen"
     actions = ",".join(["go left for 3 steps"] * 3)
     assert main(["generate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace" / "worldmodel"),
-                 "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress"]) == 0
+                 "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress", "--guidance-t-min", "600"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((out / "generate.json").read_text())["sampling"]["guidance_t_min"] == 600
     assert summary["frames"] == 1 + 3 * 8 and summary["chunks"] == 3
     assert (out / "video.mp4").stat().st_size > 1000 and (out / "video.gif").stat().st_size > 1000
     import imageio.v2 as imageio

@@ -222,7 +222,7 @@ def test_static_tolerance_copies_only_the_cells_that_stay_within_it_of_the_last_
     unet = OracleUNet(model, model.latent.encode(truth.astype(np.uint8)[None]))
 
     def sample(tolerance):
-        chunk = SamplingOverrides(static_tolerance=tolerance).apply(model).generate_chunk(
+        chunk = SamplingOverrides(static_tolerance=tolerance).apply_sampling(model).generate_chunk(
             context, ["go left"], generator=torch.Generator().manual_seed(0), unet=unet)
         return model.latent.decode(chunk)[0].astype(np.int16)
 
@@ -259,7 +259,7 @@ class PassRecorder(torch.nn.Module):
 def test_guidance_runs_only_the_passes_with_nonzero_weight(tiny_model, guidance, passes):
     context, _ = _window(tiny_model, batch=1)
     recorder = PassRecorder(tiny_model, tiny_model.text_encoder(["go left"]))
-    guided = SamplingOverrides(image_guidance=guidance[0], text_guidance=guidance[1]).apply(tiny_model)
+    guided = SamplingOverrides(image_guidance=guidance[0], text_guidance=guidance[1]).apply_sampling(tiny_model)
     guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), unet=recorder)
     assert recorder.calls == [passes] * tiny_model.config.sample_steps
 
@@ -267,7 +267,7 @@ def test_guidance_runs_only_the_passes_with_nonzero_weight(tiny_model, guidance,
 def test_steps_outside_the_guidance_interval_run_the_text_pass_alone(tiny_model):
     context, _ = _window(tiny_model, batch=1)
     recorder = PassRecorder(tiny_model, tiny_model.text_encoder(["go left"]))
-    guided = SamplingOverrides(image_guidance=2.0, text_guidance=5.0, guidance_t_min=500).apply(tiny_model)
+    guided = SamplingOverrides(image_guidance=2.0, text_guidance=5.0, guidance_t_min=500).apply_sampling(tiny_model)
     guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), unet=recorder)
     sampler = type(tiny_model.sampler).from_config(tiny_model.sampler.config)
     sampler.set_timesteps(tiny_model.config.sample_steps)
@@ -276,7 +276,7 @@ def test_steps_outside_the_guidance_interval_run_the_text_pass_alone(tiny_model)
     assert recorder.calls == expected and [(True, True)] in expected and len(expected[0]) == 3
 
     def sample(**overrides):
-        return SamplingOverrides(**overrides).apply(tiny_model).generate_chunk(
+        return SamplingOverrides(**overrides).apply_sampling(tiny_model).generate_chunk(
             context, ["go left"], generator=torch.Generator().manual_seed(0))
 
     # Guided on no step (every timestep >= 1) is the text pass alone, i.e. g_i = g_t = 1.
@@ -287,14 +287,14 @@ def test_steps_outside_the_guidance_interval_run_the_text_pass_alone(tiny_model)
 
 def test_a_reversed_guidance_interval_is_a_checkpoint_error(tiny_model):
     with pytest.raises(CheckpointError, match="guidance_t_min <= guidance_t_max"):
-        SamplingOverrides(guidance_t_min=600, guidance_t_max=400).apply(tiny_model)
+        SamplingOverrides(guidance_t_min=600, guidance_t_max=400).apply_sampling(tiny_model)
 
 
 def test_skipped_passes_give_the_three_pass_result(tiny_model):
     context, _ = _window(tiny_model, batch=1)
 
     def sample(image_guidance):
-        guided = SamplingOverrides(image_guidance=image_guidance, text_guidance=1.0).apply(tiny_model)
+        guided = SamplingOverrides(image_guidance=image_guidance, text_guidance=1.0).apply_sampling(tiny_model)
         return guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0))
 
     # 1 + 1e-6 keeps all three passes, two of them with weights +-1e-6.
@@ -322,7 +322,7 @@ def test_guidance_rescale_gives_the_sampler_the_text_pass_spread(tiny_model, mon
     def sample(text_guidance, rescale):
         text_parts.clear(), given.clear()
         guided = SamplingOverrides(image_guidance=1.0, text_guidance=text_guidance,
-                                   guidance_rescale=rescale).apply(tiny_model)
+                                   guidance_rescale=rescale).apply_sampling(tiny_model)
         return guided.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
                                      unet=TextPassRecorder())
 
@@ -472,7 +472,7 @@ def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_pa
             return super().forward(sample, t, encoder_hidden_states)
 
     def sample(snap_start):
-        return SamplingOverrides(snap_start=snap_start).apply(model).generate_chunk(
+        return SamplingOverrides(snap_start=snap_start).apply_sampling(model).generate_chunk(
             context, ["go left"], generator=torch.Generator().manual_seed(0), num_steps=20,
             unet=CountingOracle(model, clean))
 
@@ -484,7 +484,7 @@ def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_pa
     # A benchmark's override is checked as the checkpoint's setting is.
     for bad in ({"snap_observe": 0}, {"snap_start": 1000}, {"guidance_rescale": 2.0}):
         with pytest.raises(CheckpointError, match=next(iter(bad))):
-            SamplingOverrides(**bad).apply(model)
+            SamplingOverrides(**bad).apply_sampling(model)
     # The setting is the checkpoint's, and needs the motion anchor.
     snapping = VideoWorldModel(replace(model.config, snap_start=100), model.unet, model.text_encoder)
     snapping.save_pretrained(tmp_path / "snap", dtype=torch.float32)
@@ -508,7 +508,7 @@ def test_snap_keep_estimate_snaps_only_the_cells_a_move_explains():
     expected = torch.cat([moved, appeared] * half, dim=2)
 
     def snapped(keep):
-        snapping = SamplingOverrides(snap_start=1, snap_keep_estimate=keep).apply(model)
+        snapping = SamplingOverrides(snap_start=1, snap_keep_estimate=keep).apply_sampling(model)
         return snapping.generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0),
                                        num_steps=20, unet=MotionOracleUNet(model, clean))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import envs
-from worldmodel.model import VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel
 from worldmodel.video_io import write_video
 
 DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -21,7 +21,7 @@ def default_checkpoint(task: str, part: str) -> Path:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(SamplingOverrides):
     task: str = field(default="retrace", metadata={"help": "task whose simulator gives the first frame"})
     seed: int = field(default=0, metadata={"help": "episode seed (first frame) and sampling seed"})
     actions: str = field(default="", metadata={"help": "comma-separated texts, one chunk each"})
@@ -48,7 +48,8 @@ class GenerateConfig:
 
 def run_generate(cfg: GenerateConfig) -> int:
     texts = cfg.texts()
-    model = VideoWorldModel.from_pretrained(cfg.checkpoint or default_checkpoint(cfg.task, "worldmodel"))
+    path = cfg.checkpoint or default_checkpoint(cfg.task, "worldmodel")
+    model = cfg.apply_sampling(VideoWorldModel.from_pretrained(path))
     env = envs.make(cfg.task)
     first, _ = env.reset(seed=cfg.seed)
     env.close()
@@ -62,6 +63,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     summary = {"task": cfg.task, "seed": cfg.seed, "chunks": len(texts), "frames": len(frames),
                "seconds": round(seconds, 1), "seconds_per_chunk": round(seconds / len(texts), 2),
                "video": str(out / "video.mp4")}
-    (out / "generate.json").write_text(json.dumps({**summary, "texts": texts}, indent=2))
+    (out / "generate.json").write_text(json.dumps({**summary, "texts": texts,
+                                                   "sampling": SamplingOverrides.settings_of(model)}, indent=2))
     print(json.dumps(summary))
     return 0

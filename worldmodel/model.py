@@ -15,7 +15,7 @@ import contextlib
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +164,8 @@ class WorldModelConfig:
 
 @dataclass
 class SamplingOverrides:
-    """The sampling settings a benchmark may override on the command line; None keeps the checkpoint's."""
+    """The sampling settings a job (plan, evaluate, generate) or a benchmark may override on the command
+    line; None keeps the checkpoint's."""
     image_guidance: float | None = field(default=None, metadata={
         "group": "sampling", "help": "image guidance scale g_i"})
     text_guidance: float | None = field(default=None, metadata={
@@ -184,9 +185,18 @@ class SamplingOverrides:
     snap_keep_estimate: bool | None = field(default=None, metadata={
         "group": "sampling", "help": "snap only the cells the move explains better than the unmoved frame"})
 
-    def apply(self, model: "VideoWorldModel") -> "VideoWorldModel":
+    def sampling_options(self) -> dict:
+        """These fields by name (a job's config holds more), to hand on to another job's config."""
+        return {f.name: getattr(self, f.name) for f in fields(SamplingOverrides)}
+
+    @staticmethod
+    def settings_of(model: "VideoWorldModel") -> dict:
+        """The values ``model`` samples with for every setting listed here (a record of what ran)."""
+        return {f.name: getattr(model.config, f.name) for f in fields(SamplingOverrides)}
+
+    def apply_sampling(self, model: "VideoWorldModel") -> "VideoWorldModel":
         """``model`` (same UNet and text encoder) with the given values, checked as a checkpoint's are."""
-        values = {name: value for name, value in asdict(self).items() if value is not None}
+        values = {name: value for name, value in self.sampling_options().items() if value is not None}
         if not values:
             return model
         return VideoWorldModel(replace(model.config, **values), model.unet, model.text_encoder)
