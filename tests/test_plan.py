@@ -237,16 +237,16 @@ def test_plan_and_evaluate_sample_with_the_given_settings(tiny_checkpoints, tmp_
     shipped, interval = plan("shipped"), plan("interval", "--guidance-t-min", "600")
     assert shipped["sampling"]["guidance_t_min"] == 0 and interval["sampling"]["guidance_t_min"] == 600
     assert interval["memory_losses"] != shipped["memory_losses"]
-    # Guiding no step is the same sampler as guidance (1, 1), down to the memory's last loss.
-    unguided = plan("unguided", "--guidance-t-min", "1000")
-    assert unguided["memory_losses"] == plan("plain", "--image-guidance", "1", "--text-guidance", "1")["memory_losses"]
 
     args = ["evaluate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace"), "--variants",
-            "no-memory", "--episodes", "1", "--seed", "3", "--no-references", "--no-progress"]
+            "temp-lora", "--episodes", "2", "--seed", "3", "--no-references", "--no-progress"]
     out = tmp_path / "eval"
     assert main([*args, "--out", str(out), "--guidance-t-min", "600"]) == 0
-    evaluated = json.loads((out / "episodes" / "no-memory" / "seed_3" / "episode.json").read_text())
-    assert evaluated["sampling"]["guidance_t_min"] == 600
+    # Each episode samples as it does alone, the second one too (after the first left its adapter on the UNet).
+    for seed, alone in ((3, interval), (4, plan("interval_4", "--guidance-t-min", "600", "--seed", "4"))):
+        evaluated = json.loads((out / "episodes" / "temp-lora" / f"seed_{seed}" / "episode.json").read_text())
+        assert evaluated["sampling"]["guidance_t_min"] == 600
+        assert evaluated["memory_losses"] == alone["memory_losses"]
     assert main([*args, "--out", str(out), "--guidance-t-min", "700"]) == 2  # other episodes: another folder
     assert "--guidance-t-min 600 -> 700" in capsys.readouterr().err
     # A setting the model refuses stops the run before any episode, naming the setting.
