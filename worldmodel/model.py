@@ -162,28 +162,28 @@ class WorldModelConfig:
         return self.latent_channels * (2 if self.motion_radius else 1) + 2
 
 
+def _sampling_option(help_text: str):
+    """An optional setting whose unset value keeps the checkpoint's."""
+    return field(default=None, metadata={"group": "sampling", "help": help_text,
+                                         "default_text": "the checkpoint's worldmodel.json value"})
+
+
 @dataclass
 class SamplingOverrides:
     """The sampling settings a job (plan, evaluate, generate) or a benchmark may override on the command
     line; None keeps the checkpoint's."""
-    image_guidance: float | None = field(default=None, metadata={
-        "group": "sampling", "help": "image guidance scale g_i"})
-    text_guidance: float | None = field(default=None, metadata={
-        "group": "sampling", "help": "text guidance scale g_t"})
-    guidance_rescale: float | None = field(default=None, metadata={
-        "group": "sampling", "help": "guidance rescale factor phi in [0, 1], 0 = plain CFG"})
-    guidance_t_min: int | None = field(default=None, metadata={
-        "group": "sampling", "help": "lowest timestep that is guided (the others run the most-conditioned pass alone)"})
-    guidance_t_max: int | None = field(default=None, metadata={
-        "group": "sampling", "help": "highest timestep that is guided"})
-    static_tolerance: float | None = field(default=None, metadata={
-        "group": "sampling", "help": "grey levels within which a cell keeps the last context frame's, 0 = off"})
-    snap_start: int | None = field(default=None, metadata={
-        "group": "sampling", "help": "timestep the sampler resumes at from the snapped frame, 0 = off"})
-    snap_observe: int | None = field(default=None, metadata={
-        "group": "sampling", "help": "noise level the first estimate is read at when picking the motion"})
-    snap_keep_estimate: bool | None = field(default=None, metadata={
-        "group": "sampling", "help": "snap only the cells the move explains better than the unmoved frame"})
+    image_guidance: float | None = _sampling_option("image guidance scale g_i")
+    text_guidance: float | None = _sampling_option("text guidance scale g_t")
+    guidance_rescale: float | None = _sampling_option("guidance rescale factor phi in [0, 1], 0 = plain CFG")
+    guidance_t_min: int | None = _sampling_option(
+        "lowest timestep that is guided (the others run the most-conditioned pass alone)")
+    guidance_t_max: int | None = _sampling_option("highest timestep that is guided")
+    static_tolerance: float | None = _sampling_option(
+        "grey levels within which a cell keeps the last context frame's, 0 = off")
+    snap_start: int | None = _sampling_option("timestep the sampler resumes at from the snapped frame, 0 = off")
+    snap_observe: int | None = _sampling_option("noise level the first estimate is read at when picking the motion")
+    snap_keep_estimate: bool | None = _sampling_option(
+        "snap only the cells the move explains better than the unmoved frame")
 
     def sampling_options(self) -> dict:
         """These fields by name (a job's config holds more), to hand on to another job's config."""
