@@ -104,7 +104,8 @@ def main() -> None:
             warm.rollout(record["frames"][0], texts[:2], seed=seed,
                          memory=EpisodeMemory(warm, overrides.memory_config(warm)))
         for mode in modes:
-            model = sampling.apply_sampling(VideoWorldModel.from_pretrained(path))  # fresh: Temp-LoRA adds adapters in place
+            # fresh: Temp-LoRA adds adapters in place
+            model = sampling.apply_sampling(VideoWorldModel.from_pretrained(path))
             memory = None
             if mode == "temp-lora":
                 memory = TimedMemory(model, overrides.memory_config(model, seed=seed))

@@ -319,7 +319,8 @@ def test_generate_writes_a_long_video(tiny_checkpoints, tmp_path, capsys):
     out = tmp_path / "gen"
     actions = ",".join(["go left for 3 steps"] * 3)
     assert main(["generate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace" / "worldmodel"),
-                 "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress", "--guidance-t-min", "600"]) == 0
+                 "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress",
+                 "--guidance-t-min", "600"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads((out / "generate.json").read_text())["sampling"]["guidance_t_min"] == 600
     assert summary["frames"] == 1 + 3 * 8 and summary["chunks"] == 3
