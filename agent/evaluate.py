@@ -39,7 +39,7 @@ from agent.planner import MEMORY_SOURCES
 from envs.collect import padded_expert_actions, rollout_expert
 from inverse_dynamics.model import InverseDynamicsModel
 from inverse_dynamics.replay import replay
-from jobconfig import ConfigError, load_yaml, to_yaml
+from jobconfig import ConfigError, CpuThreads, load_yaml, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MemoryOverrides
 from worldmodel.model import SamplingOverrides, VideoWorldModel
@@ -66,7 +66,7 @@ RETURN_PHASE = {"legs_retraced": "legs retraced"}
 
 
 @dataclass
-class EvaluateConfig(MemoryOverrides, SamplingOverrides):
+class EvaluateConfig(MemoryOverrides, SamplingOverrides, CpuThreads):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     variants: str = field(default="no-memory,anchor-frame,temp-lora,slow-fast",
@@ -250,6 +250,7 @@ def _check_sampling(cfg: EvaluateConfig, paths: dict[str, Path]) -> None:
 
 
 def run_evaluate(cfg: EvaluateConfig) -> int:
+    cfg.apply_threads()
     envs.factory(cfg.task, cfg.backend)
     paths = _checkpoints(cfg)
     out = Path(cfg.out)

@@ -20,7 +20,7 @@ import tasks
 from agent.decompose import rules
 from agent.planner import MEMORY_SOURCES, Planner
 from inverse_dynamics.model import InverseDynamicsModel
-from jobconfig import ConfigError, to_yaml
+from jobconfig import ConfigError, CpuThreads, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MEMORY_MODES, MemoryOverrides
 from worldmodel.model import SamplingOverrides, VideoWorldModel
@@ -28,7 +28,7 @@ from worldmodel.video_io import write_video
 
 
 @dataclass
-class PlanConfig(MemoryOverrides, SamplingOverrides):
+class PlanConfig(MemoryOverrides, SamplingOverrides, CpuThreads):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     backend: str = field(default="embedded", metadata={"help": "simulator backend"})
     memory: str = field(default="temp-lora", metadata={"help": "none | anchor-frame | temp-lora"})
@@ -144,6 +144,7 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
 
 
 def run_plan(cfg: PlanConfig) -> int:
+    cfg.apply_threads()
     envs.factory(cfg.task, cfg.backend)
     world_path, idm_path = checkpoint_paths(cfg)
     episode = plan_episode(cfg, VideoWorldModel.from_pretrained(world_path), InverseDynamicsModel.from_pretrained(idm_path))

@@ -30,11 +30,11 @@ from tqdm import tqdm
 
 from envs.dataset import FramePairDataset, load_dataset
 from inverse_dynamics.model import CONTINUOUS_TARGETS, IDMConfig, InverseDynamicsModel, action_spec, split_actions
-from jobconfig import open_run_log, to_yaml
+from jobconfig import CpuThreads, open_run_log, to_yaml
 
 
 @dataclass
-class TrainIDMConfig:
+class TrainIDMConfig(CpuThreads):
     task: str = field(default="return_cubes", metadata={"help": "task the data was collected for"})
     data: str = field(default="data/return_cubes", metadata={"help": "dataset folder"})
     out: str = field(default="runs/idm", metadata={"help": "run folder"})
@@ -54,11 +54,11 @@ class TrainIDMConfig:
     init_from: str | None = field(default=None, metadata={
         "help": "IDM checkpoint to start from (its weights and normaliser), e.g. checkpoints/TASK/idm"})
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/state.pt"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("max_steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -179,8 +179,7 @@ def evaluate(model: InverseDynamicsModel, loader: DataLoader, augment_prob: floa
 
 
 def run_train_idm(cfg: TrainIDMConfig) -> int:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg.apply_threads()
     out = Path(cfg.out)
     data = load_dataset(cfg.data)
     if data.info["task"] != cfg.task:

@@ -22,6 +22,25 @@ class ConfigError(ValueError):
     pass
 
 
+@dataclasses.dataclass
+class CpuThreads:
+    """The ``--threads`` option of every job that runs torch (a mixin of its config)."""
+    threads: int = dataclasses.field(default=0, metadata={
+        "group": "CPU", "help": "torch CPU threads (0 = torch's default, one per core); the results may differ "
+                                "in rounding between thread counts"})
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
+        getattr(super(), "__post_init__", lambda: None)()  # the next mixin's checks, if any
+
+    def apply_threads(self) -> None:
+        if self.threads:
+            import torch  # here, not at the top: the configs of jobs without torch (collect) import this module
+
+            torch.set_num_threads(self.threads)
+
+
 def _unwrap_optional(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -23,6 +23,8 @@ def run(*args):
     (["evaluate", "--memory-source", "dreamed"], "--memory-source must be imagined or observed"),
     (["plan", "--memory-variant", "lstm"], "--memory-variant must be one of local, original, global"),
     (["evaluate", "--memory-steps", "-1"], "--memory-steps must be >= 0"),
+    (["evaluate", "--threads", "-1"], "--threads must be >= 0"),
+    (["train-idm", "--threads", "-2"], "--threads must be >= 0"),
     (["finetune", "--memory-variant", "lstm"], "--memory-variant must be one of local, original, global"),
     (["fly"], "unknown command 'fly'"),
     (["train", "--data", "/nonexistent"], "slowfast collect"),
@@ -52,6 +54,8 @@ def test_every_command_has_help():
         memory_help = run(command, "--help").stdout.split("Temp-LoRA memory options:")[1]
         for option in ("--memory-steps", "--memory-lr", "--memory-crop", "--memory-variant", "--memory-reverse"):
             assert option in memory_help
+    for command in ("plan", "train", "train-idm", "finetune", "generate", "imagine", "evaluate"):  # jobs running torch
+        assert "--threads" in run(command, "--help").stdout.split("CPU options:")[1]
 
 
 def test_collect_from_yaml_config_with_cli_override(tmp_path, capsys):

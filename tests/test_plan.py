@@ -318,9 +318,14 @@ def test_paired_claims_match_seeds_and_separate_real_gaps_from_ties(tmp_path):
 def test_generate_writes_a_long_video(tiny_checkpoints, tmp_path, capsys):
     out = tmp_path / "gen"
     actions = ",".join(["go left for 3 steps"] * 3)
-    assert main(["generate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace" / "worldmodel"),
-                 "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress",
-                 "--guidance-t-min", "600"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["generate", "--task", "retrace", "--checkpoint", str(tiny_checkpoints / "retrace" / "worldmodel"),
+                     "--actions", actions, "--seed", "1", "--out", str(out), "--no-progress",
+                     "--guidance-t-min", "600", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads((out / "generate.json").read_text())["sampling"]["guidance_t_min"] == 600
     assert summary["frames"] == 1 + 3 * 8 and summary["chunks"] == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import envs
+from jobconfig import CpuThreads
 from worldmodel.model import SamplingOverrides, VideoWorldModel
 from worldmodel.video_io import write_video
 
@@ -21,7 +22,7 @@ def default_checkpoint(task: str, part: str) -> Path:
 
 
 @dataclass
-class GenerateConfig(SamplingOverrides):
+class GenerateConfig(SamplingOverrides, CpuThreads):
     task: str = field(default="retrace", metadata={"help": "task whose simulator gives the first frame"})
     seed: int = field(default=0, metadata={"help": "episode seed (first frame) and sampling seed"})
     actions: str = field(default="", metadata={"help": "comma-separated texts, one chunk each"})
@@ -47,6 +48,7 @@ class GenerateConfig(SamplingOverrides):
 
 
 def run_generate(cfg: GenerateConfig) -> int:
+    cfg.apply_threads()
     texts = cfg.texts()
     path = cfg.checkpoint or default_checkpoint(cfg.task, "worldmodel")
     model = cfg.apply_sampling(VideoWorldModel.from_pretrained(path))

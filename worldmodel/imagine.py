@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import tasks
 from envs.dataset import load_dataset, write_episode
-from jobconfig import to_yaml
+from jobconfig import CpuThreads, to_yaml
 from worldmodel.generate import default_checkpoint
 from worldmodel.model import VideoWorldModel
 
@@ -45,7 +45,7 @@ CONTENT_OPTIONS = ("task", "data", "checkpoint", "episodes", "return_chunks", "s
 
 
 @dataclass
-class ImagineConfig:
+class ImagineConfig(CpuThreads):
     task: str = field(default="retrace", metadata={"help": "task the dataset and the world model are for"})
     data: str = field(default="data/retrace", metadata={"help": "collected dataset whose chunks are imagined"})
     checkpoint: str | None = field(default=None, metadata={"help": "world model folder",
@@ -56,10 +56,10 @@ class ImagineConfig:
         "help": "also imagine the return phase's chunks, whose text does not name the move"})
     seed: int = field(default=0, metadata={"help": "sampler noise: chunk k of source episode e uses seed "
                                                    "SEED * 1000003 + e * 1000 + k"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         tasks.get(self.task)
         if self.episodes < 0:
             raise ValueError(f"--episodes must be >= 0, got {self.episodes}")
@@ -101,8 +101,7 @@ def _partial_run(out: Path, cfg: ImagineConfig) -> list[dict]:
 
 
 def run_imagine(cfg: ImagineConfig) -> int:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg.apply_threads()
     out = Path(cfg.out)
     if (out / "meta" / "info.json").exists():
         raise ValueError(f"{out} already holds a dataset; choose another --out or delete it")

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 import tasks
 from envs.dataset import ChunkDataset, load_dataset
-from jobconfig import open_run_log, to_yaml
+from jobconfig import CpuThreads, open_run_log, to_yaml
 from worldmodel.memory import EpisodeMemory, MemoryConfig, MemoryOverrides, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel, build_unet
 from worldmodel.train import NoiseLevelBias, averaged
@@ -56,7 +56,7 @@ LOG_COLUMNS = ("episodes_done", "epoch", "episode", "loss_memory", "val_loss_mem
 
 
 @dataclass
-class FinetuneConfig(MemoryOverrides, NoiseLevelBias):
+class FinetuneConfig(MemoryOverrides, NoiseLevelBias, CpuThreads):
     task: str = field(default="return_cubes", metadata={"help": "task name"})
     from_checkpoint: str = field(default="checkpoints/return_cubes/worldmodel",
                                  metadata={"flag": "--from", "help": "slow-learned world model to start from"})
@@ -82,7 +82,6 @@ class FinetuneConfig(MemoryOverrides, NoiseLevelBias):
         "default_text": f"--from's, else {MemoryConfig.rank}"})
     val_episodes: int = field(default=2, metadata={"help": "held-out episodes for validation"})
     save_every: int = field(default=5, metadata={"help": "episodes between checkpoints"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
     keep_snapshots: bool = field(default=False, metadata={"help": "keep every episode's snapshot file"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/state"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -207,8 +206,7 @@ def validation(model: VideoWorldModel, memory: EpisodeMemory, episodes: list[lis
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg.apply_threads()
     out = Path(cfg.out)
     state_dir = out / "state"
     if cfg.resume and not (state_dir / "progress.json").is_file():

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from envs.dataset import ChunkDataset, load_dataset
-from jobconfig import open_run_log, to_yaml
+from jobconfig import CpuThreads, open_run_log, to_yaml
 from worldmodel.model import (PREDICTION_TYPES, VideoWorldModel, WorldModelConfig, with_motion_input,
                               with_text_in_time_embedding)
 
@@ -65,7 +65,7 @@ class NoiseLevelBias:
 
 
 @dataclass
-class TrainConfig(NoiseLevelBias):
+class TrainConfig(NoiseLevelBias, CpuThreads):
     task: str = field(default="return_cubes", metadata={"help": "task the data was collected for"})
     data: str = field(default="data/return_cubes", metadata={"help": "dataset folder from `slowfast collect`"})
     out: str = field(default="runs/worldmodel", metadata={"help": "run folder (checkpoint + logs)"})
@@ -90,7 +90,6 @@ class TrainConfig(NoiseLevelBias):
     val_episodes: int = field(default=4, metadata={"help": "episodes held out for validation loss"})
     save_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between log rows"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/state"})
     init_from: str | None = field(default=None, metadata={
         "help": "start a new run from a saved world model's weights (e.g. a shipped checkpoint)"})
@@ -234,8 +233,7 @@ def validation_loss(model: VideoWorldModel, loader: DataLoader, seed: int) -> fl
 
 
 def run_train(cfg: TrainConfig) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg.apply_threads()
     out = Path(cfg.out)
     state_dir = out / "state"
     if cfg.resume and not (state_dir / "progress.json").is_file():
