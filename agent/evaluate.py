@@ -42,7 +42,7 @@ from inverse_dynamics.replay import replay
 from jobconfig import ConfigError, CpuThreads, load_yaml, to_yaml
 from worldmodel.generate import DEFAULT_CHECKPOINTS
 from worldmodel.memory import MemoryOverrides
-from worldmodel.model import SamplingOverrides, VideoWorldModel
+from worldmodel.model import SamplingOverrides, VideoWorldModel, WorldModelConfig
 
 # variant -> (world model folder under the task's checkpoints, memory mode)
 VARIANTS = {
@@ -246,7 +246,7 @@ def _check_sampling(cfg: EvaluateConfig, paths: dict[str, Path]) -> None:
     """A sampling override the world models refuse fails now, not after the reference rows have run."""
     if any(value is not None for value in cfg.sampling_options().values()):
         for name in {VARIANTS[v][0] for v in cfg.variant_list()}:
-            cfg.apply_sampling(VideoWorldModel.from_pretrained(paths[name]))
+            cfg.sampling_config(WorldModelConfig.from_pretrained(paths[name])).check()
 
 
 def run_evaluate(cfg: EvaluateConfig) -> int:

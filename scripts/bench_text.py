@@ -114,10 +114,7 @@ def main() -> None:
                       "branch_following": round(float(np.mean(following)), 4),
                       "branch_chance": round(float(np.mean(chance)), 4),
                       "branch_chunks": len(following), "branch_starts": starts, "seeds": seeds,
-                      "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
-                      "guidance_interval": [cfg.guidance_t_min, cfg.guidance_t_max],
-                      "static_tolerance": cfg.static_tolerance, "snap_start": cfg.snap_start,
-                      "snap_observe": cfg.snap_observe, "snap_keep_estimate": cfg.snap_keep_estimate}))
+                      "sampling": SamplingOverrides.settings_of(model)}))
 
 
 if __name__ == "__main__":

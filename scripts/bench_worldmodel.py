@@ -137,11 +137,7 @@ def main() -> None:
               "by_kind": by_kind(kinds, scores | oracle, covered, actions, args.task, cfg.chunk_frames),
               "seconds_per_chunk": round(float(np.median(seconds)), 3), "chunks": len(seconds),
               "sample_steps": cfg.sample_steps, "seeds": seeds,
-              "guidance": [cfg.image_guidance, cfg.text_guidance], "guidance_rescale": cfg.guidance_rescale,
-              "guidance_interval": [cfg.guidance_t_min, cfg.guidance_t_max],
-              "static_tolerance": cfg.static_tolerance,
-              "snap_start": cfg.snap_start, "snap_observe": cfg.snap_observe,
-              "snap_keep_estimate": cfg.snap_keep_estimate}
+              "sampling": SamplingOverrides.settings_of(model)}
     print(json.dumps(result))
 
 

@@ -568,6 +568,14 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tiny_model, tmp_path):
     (tmp_path / "ckpt" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="unreadable"):
         VideoWorldModel.from_pretrained(tmp_path / "ckpt")
+    # The config alone is read without the UNet (evaluate checks overrides that way before any episode).
+    assert WorldModelConfig.from_pretrained(tmp_path / "ckpt") == tiny_model.config
+    (tmp_path / "ckpt" / "worldmodel.json").write_text('{"image_size": 64, "latent_factr": 4}')
+    with pytest.raises(CheckpointError, match="unreadable.*latent_factr"):
+        WorldModelConfig.from_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "worldmodel.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        VideoWorldModel.from_pretrained(tmp_path / "ckpt")
 
 
 def _losses(path):

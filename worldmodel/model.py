@@ -161,6 +161,61 @@ class WorldModelConfig:
         """Noised/clean latents, the clean-context flag and the frame position, then the anchor if motion-compensated."""
         return self.latent_channels * (2 if self.motion_radius else 1) + 2
 
+    def check(self) -> None:
+        """Raise CheckpointError for settings no model can be built or sampled with."""
+        if self.latent_factor < 1:
+            raise CheckpointError(f"latent_factor must be >= 1 (pixels per latent cell side), "
+                                  f"got {self.latent_factor}")
+        if self.latent_size % self.latent_multiple:
+            raise CheckpointError(f"a {len(self.block_out_channels)}-level UNet needs a latent side that is a "
+                                  f"multiple of {self.latent_multiple}: image_size {self.image_size} / "
+                                  f"latent_factor {self.latent_factor} gives {self.latent_size} (rounded up); "
+                                  "choose another latent_factor or fewer block_out_channels")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise CheckpointError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        if self.motion_radius < 0 or (self.motion_radius and self.prediction_type != "context_residual"):
+            raise CheckpointError(f"motion_radius {self.motion_radius}: the motion-compensated anchor needs "
+                                  "prediction_type context_residual and a radius >= 1 (0 = off)")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise CheckpointError("zero_terminal_snr needs prediction_type v_prediction or context_residual: "
+                                  "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
+        if self.sampler not in SAMPLERS:
+            raise CheckpointError(f"sampler {self.sampler!r} is not one of {tuple(SAMPLERS)}")
+        if not 0 <= self.snap_start < self.num_train_timesteps or (self.snap_start and not self.motion_radius):
+            raise CheckpointError(f"snap_start {self.snap_start}: starting from the motion-compensated frame needs "
+                                  f"motion_radius >= 1 and a timestep in [1, {self.num_train_timesteps}) (0 = off)")
+        if not 0 < self.snap_observe < self.num_train_timesteps:
+            raise CheckpointError(f"snap_observe {self.snap_observe} is not a timestep in "
+                                  f"[1, {self.num_train_timesteps})")
+        if self.static_tolerance < 0:
+            raise CheckpointError(f"static_tolerance {self.static_tolerance} is negative: give grey levels "
+                                  "(0 keeps sampled cells as they are)")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise CheckpointError(f"guidance_rescale {self.guidance_rescale} is not in [0, 1] (0 = plain CFG)")
+        if not 0 <= self.guidance_t_min <= self.guidance_t_max:
+            raise CheckpointError(f"guidance interval [{self.guidance_t_min}, {self.guidance_t_max}] is not "
+                                  f"0 <= guidance_t_min <= guidance_t_max (timesteps; [0, "
+                                  f"{self.num_train_timesteps}] guides every step)")
+        if self.guidance_rescale and self.text_guidance == 0:
+            raise CheckpointError("guidance_rescale scales towards the text pass, which text_guidance 0 leaves out: "
+                                  "set guidance_rescale 0 or a nonzero text_guidance")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "WorldModelConfig":
+        """The ``worldmodel.json`` of the checkpoint folder ``path`` (not checked: see ``check``)."""
+        config_file = Path(path) / CONFIG_NAME
+        if not config_file.is_file():
+            raise CheckpointError(f"no world model at {path} (missing {CONFIG_NAME}); train one with "
+                                  "`slowfast train --task TASK --data DIR --out DIR`")
+        try:
+            values = json.loads(config_file.read_text())
+            tuples = {key: tuple(values[key]) for key in ("block_out_channels", "down_block_types", "up_block_types")
+                      if key in values}
+            return cls(**{**values, **tuples})
+        except Exception as error:  # corrupt JSON or unknown keys: one clear message
+            raise CheckpointError(f"world model checkpoint at {path} is unreadable: {error}; "
+                                  "retrain it or restore the folder") from None
+
 
 def _sampling_option(help_text: str):
     """An optional setting whose unset value keeps the checkpoint's."""
@@ -194,12 +249,14 @@ class SamplingOverrides:
         """The values ``model`` samples with for every setting listed here (a record of what ran)."""
         return {f.name: getattr(model.config, f.name) for f in fields(SamplingOverrides)}
 
+    def sampling_config(self, config: WorldModelConfig) -> WorldModelConfig:
+        """``config`` with the given values (unchecked: see ``WorldModelConfig.check``)."""
+        return replace(config, **{name: value for name, value in self.sampling_options().items() if value is not None})
+
     def apply_sampling(self, model: "VideoWorldModel") -> "VideoWorldModel":
         """``model`` (same UNet and text encoder) with the given values, checked as a checkpoint's are."""
-        values = {name: value for name, value in self.sampling_options().items() if value is not None}
-        if not values:
-            return model
-        return VideoWorldModel(replace(model.config, **values), model.unet, model.text_encoder)
+        config = self.sampling_config(model.config)
+        return model if config == model.config else VideoWorldModel(config, model.unet, model.text_encoder)
 
 
 class FrameAxisConv3d(torch.nn.Conv3d):
@@ -312,53 +369,17 @@ class VideoWorldModel:
 
     def __init__(self, config: WorldModelConfig, unet: UNet3DConditionModel | None = None,
                  text_encoder: TextEncoder | None = None):
+        config.check()
         self.config = config
-        if config.latent_factor < 1:
-            raise CheckpointError(f"latent_factor must be >= 1 (pixels per latent cell side), "
-                                  f"got {config.latent_factor}")
-        if config.latent_size % config.latent_multiple:
-            raise CheckpointError(f"a {len(config.block_out_channels)}-level UNet needs a latent side that is a "
-                                  f"multiple of {config.latent_multiple}: image_size {config.image_size} / "
-                                  f"latent_factor {config.latent_factor} gives {config.latent_size} (rounded up); "
-                                  "choose another latent_factor or fewer block_out_channels")
         self.unet = unet if unet is not None else build_unet(config)
         use_frame_axis_convs(self.unet)
         self.unet.set_attn_processor(SingleKeyAttnProcessor())
-        if config.prediction_type not in PREDICTION_TYPES:
-            raise CheckpointError(f"prediction_type {config.prediction_type!r} is not one of {PREDICTION_TYPES}")
-        if config.motion_radius < 0 or (config.motion_radius and config.prediction_type != "context_residual"):
-            raise CheckpointError(f"motion_radius {config.motion_radius}: the motion-compensated anchor needs "
-                                  "prediction_type context_residual and a radius >= 1 (0 = off)")
         channels = (self.unet.config.in_channels, self.unet.config.out_channels)
         if channels != (config.unet_in_channels, config.latent_channels):
             raise CheckpointError(f"the UNet has {channels[0]} input and {channels[1]} output channels, the config "
                                   f"asks for {config.unet_in_channels} (latent {config.latent_channels}, 2 flags"
                                   f"{', the motion anchor' if config.motion_radius else ''}) and "
                                   f"{config.latent_channels}; the checkpoint's worldmodel.json and unet/ disagree")
-        if config.zero_terminal_snr and config.prediction_type == "epsilon":
-            raise CheckpointError("zero_terminal_snr needs prediction_type v_prediction or context_residual: "
-                                  "an epsilon model's x0 estimate divides by sqrt(alpha_bar), 0 at the last step")
-        if config.sampler not in SAMPLERS:
-            raise CheckpointError(f"sampler {config.sampler!r} is not one of {tuple(SAMPLERS)}")
-        if not 0 <= config.snap_start < config.num_train_timesteps or (config.snap_start
-                                                                        and not config.motion_radius):
-            raise CheckpointError(f"snap_start {config.snap_start}: starting from the motion-compensated frame needs "
-                                  f"motion_radius >= 1 and a timestep in [1, {config.num_train_timesteps}) (0 = off)")
-        if not 0 < config.snap_observe < config.num_train_timesteps:
-            raise CheckpointError(f"snap_observe {config.snap_observe} is not a timestep in "
-                                  f"[1, {config.num_train_timesteps})")
-        if config.static_tolerance < 0:
-            raise CheckpointError(f"static_tolerance {config.static_tolerance} is negative: give grey levels "
-                                  "(0 keeps sampled cells as they are)")
-        if not 0 <= config.guidance_rescale <= 1:
-            raise CheckpointError(f"guidance_rescale {config.guidance_rescale} is not in [0, 1] (0 = plain CFG)")
-        if not 0 <= config.guidance_t_min <= config.guidance_t_max:
-            raise CheckpointError(f"guidance interval [{config.guidance_t_min}, {config.guidance_t_max}] is not "
-                                  f"0 <= guidance_t_min <= guidance_t_max (timesteps; [0, "
-                                  f"{config.num_train_timesteps}] guides every step)")
-        if config.guidance_rescale and config.text_guidance == 0:
-            raise CheckpointError("guidance_rescale scales towards the text pass, which text_guidance 0 leaves out: "
-                                  "set guidance_rescale 0 or a nonzero text_guidance")
         self.latent = SpaceToDepth(config.latent_factor, config.latent_scale, config.latent_shift, config.image_size)
         self.text_encoder = text_encoder or TextEncoder(config.text_encoder)
         # What the UNet is conditioned on: (B,) texts -> (B, 1, dim).
@@ -671,18 +692,10 @@ class VideoWorldModel:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_encoder: TextEncoder | None = None) -> "VideoWorldModel":
-        path = Path(path)
-        config_file = path / CONFIG_NAME
-        if not config_file.is_file():
-            raise CheckpointError(f"no world model at {path} (missing {CONFIG_NAME}); train one with "
-                                  "`slowfast train --task TASK --data DIR --out DIR`")
+        config = WorldModelConfig.from_pretrained(path)
         try:
-            values = json.loads(config_file.read_text())
-            for key in ("block_out_channels", "down_block_types", "up_block_types"):
-                values[key] = tuple(values[key])
-            config = WorldModelConfig(**values)
-            unet = UNet3DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32)
-        except Exception as error:  # corrupt JSON, safetensors or shapes: one clear message
+            unet = UNet3DConditionModel.from_pretrained(Path(path) / "unet", torch_dtype=torch.float32)
+        except Exception as error:  # corrupt safetensors or shapes: one clear message
             raise CheckpointError(f"world model checkpoint at {path} is unreadable: {error}; "
                                   "retrain it or restore the folder") from None
         return cls(config, unet.eval(), text_encoder)
