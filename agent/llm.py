@@ -43,7 +43,8 @@ def parse_reply(task: str, content: str, context: dict) -> list[Subgoal]:
     try:
         reply = Decomposition.model_validate_json(text.strip())
     except ValidationError as error:
-        raise DecompositionError(f"reply is not JSON of the form {{\"subgoals\": [...]}}: {error.errors()[0]['msg']}") from None
+        raise DecompositionError(f"reply is not JSON of the form {{\"subgoals\": [...]}}: "
+                                 f"{error.errors()[0]['msg']}") from None
     return validate(task, reply.subgoals, context)
 
 

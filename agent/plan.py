@@ -120,12 +120,14 @@ def plan_episode(cfg: PlanConfig, world_model: VideoWorldModel, idm: InverseDyna
     episode = {
         "task": cfg.task, "backend": cfg.backend, "seed": cfg.seed, "draw": cfg.draw, "memory": cfg.memory,
         "goal": goal,
-        "subgoals": [s.text for s in subgoals], "decomposition": decomposition, "distance": metric["distance"], "success": metric["success"],
+        "subgoals": [s.text for s in subgoals], "decomposition": decomposition,
+        "distance": metric["distance"], "success": metric["success"],
         "metric": metric, "seconds": round(seconds, 1), "chunks": len(record.chunk_seconds),
         "seconds_per_chunk": round(float(np.mean(record.chunk_seconds)), 3),
         "memory_seconds_per_chunk": round(float(np.mean(record.memory_seconds)), 3) if record.memory_seconds else 0.0,
         "memory_losses": [round(loss, 6) for loss in record.memory_losses],
-        "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source, "expert_first_phase": cfg.expert_first_phase,
+        "closed_loop": cfg.closed_loop, "memory_source": cfg.memory_source,
+        "expert_first_phase": cfg.expert_first_phase,
         "memory_config": memory_config.to_dict() if cfg.memory == "temp-lora" else None,
         "sampling": SamplingOverrides.settings_of(world_model),
     }
@@ -147,6 +149,7 @@ def run_plan(cfg: PlanConfig) -> int:
     cfg.apply_threads()
     envs.factory(cfg.task, cfg.backend)
     world_path, idm_path = checkpoint_paths(cfg)
-    episode = plan_episode(cfg, VideoWorldModel.from_pretrained(world_path), InverseDynamicsModel.from_pretrained(idm_path))
+    episode = plan_episode(cfg, VideoWorldModel.from_pretrained(world_path),
+                           InverseDynamicsModel.from_pretrained(idm_path))
     print(json.dumps({k: episode[k] for k in ("task", "memory", "seed", "distance", "success", "seconds", "chunks")}))
     return 0

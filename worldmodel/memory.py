@@ -342,7 +342,8 @@ class EpisodeMemory:
 
     # --- persistence --------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model.unet, adapter_name=ADAPTER).items()}
+        state = get_peft_model_state_dict(self.model.unet, adapter_name=ADAPTER)
+        return {k: v.detach().clone() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         result = set_peft_model_state_dict(self.model.unet, state, adapter_name=ADAPTER)

@@ -158,7 +158,8 @@ class WorldModelConfig:
 
     @property
     def unet_in_channels(self) -> int:
-        """Noised/clean latents, the clean-context flag and the frame position, then the anchor if motion-compensated."""
+        """Noised/clean latents, the clean-context flag and the frame position, then the anchor if
+        motion-compensated."""
         return self.latent_channels * (2 if self.motion_radius else 1) + 2
 
     def check(self) -> None:
