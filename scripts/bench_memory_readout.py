@@ -28,13 +28,12 @@ import json
 import tempfile
 
 import numpy as np
-import torch
 
 import tasks
 from agent.evaluate import paired_differences
 from envs.collect import collect
 from envs.dataset import ChunkDataset
-from jobconfig import add_fields, from_args
+from jobconfig import CpuThreads, add_fields, from_args
 from worldmodel.generate import default_checkpoint
 from worldmodel.memory import EpisodeMemory, MemoryOverrides
 from worldmodel.model import VideoWorldModel
@@ -52,13 +51,12 @@ def main() -> None:
                         help="pairs scored: those whose X_{i+1} is in the return phase, or all")
     add_fields(parser, MemoryOverrides)
     add_fields(parser, NoiseLevelBias)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_fields(parser, CpuThreads)
     args = parser.parse_args()
     if args.episodes < 2:
         parser.error(f"--episodes must be >= 2 (other_memory reads another episode's), got {args.episodes}")
     levels = from_args(NoiseLevelBias, parser, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from_args(CpuThreads, parser, args).apply_threads()
     model = VideoWorldModel.from_pretrained(args.checkpoint or default_checkpoint(args.task, "worldmodel"))
     if model.config.task != args.task:
         parser.error(f"--checkpoint is a {model.config.task!r} model, not --task {args.task!r}")
