@@ -481,6 +481,12 @@ def test_snap_start_resumes_from_the_moved_frame_the_first_estimate_shows(tmp_pa
     calls.clear()
     assert torch.allclose(sample(400), clean, atol=1e-3)
     assert calls[0] == 999 and calls[1] <= 400 < max(calls[1:] + [999]) and len(calls) < 20
+    # The first estimate is guided as its step is: three passes inside the interval, the text pass alone outside.
+    for interval, passes in (({}, 3), ({"guidance_t_max": 500}, 1)):
+        recorder = PassRecorder(model, model.text_encoder(["go left"]))
+        SamplingOverrides(snap_start=400, image_guidance=2.0, text_guidance=5.0, **interval).apply_sampling(
+            model).generate_chunk(context, ["go left"], generator=torch.Generator().manual_seed(0), unet=recorder)
+        assert recorder.calls[0] == [(False, False), (True, False), (True, True)][-passes:]
     # A benchmark's override is checked as the checkpoint's setting is.
     for bad in ({"snap_observe": 0}, {"snap_start": 1000}, {"guidance_rescale": 2.0}):
         with pytest.raises(CheckpointError, match=next(iter(bad))):

@@ -567,7 +567,8 @@ class VideoWorldModel:
         in one batch. Written as (1 - g_i) u + (g_i - g_t) img + g_t text, a pass whose
         weight is zero is skipped: g_i = 1 needs no unconditional pass, g_i = g_t = 1
         only the text pass. Steps outside [``guidance_t_min``, ``guidance_t_max``] run only
-        the last (most-conditioned) pass, unguided. ``guidance_rescale`` (phi) then moves the
+        the last (most-conditioned) pass, unguided (so does the first estimate ``snap_start`` reads,
+        taken at the first step). ``guidance_rescale`` (phi) then moves the
         guided output towards the text pass's per-sample standard deviation:
         phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
@@ -598,10 +599,15 @@ class VideoWorldModel:
         was_training = unet.training
         unet.eval()
         timesteps = sampler.timesteps
+
+        def output(latents, t):
+            anchor = self.anchor(last, latents, t, translations)
+            if cfg.guidance_t_min <= t <= cfg.guidance_t_max:
+                return self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, t, anchor)
+            return self.guided_output(unet, context, len_all[-b:], txt_all[-b:], [1.0], 0.0, latents, t, anchor)
+
         if cfg.snap_start:
-            first = timesteps[0]
-            estimate = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, first,
-                                          self.anchor(last, latents, first, translations))
+            estimate = output(latents, timesteps[0])
             observe = torch.tensor(cfg.snap_observe)
             snapped = self.anchor(last, self._alpha_sigma(observe)[0] * estimate, observe, translations)
             if cfg.snap_keep_estimate:
@@ -619,12 +625,7 @@ class VideoWorldModel:
             else:
                 latents = snapped
         for t in timesteps:
-            anchor = self.anchor(last, latents, t, translations)
-            if cfg.guidance_t_min <= t <= cfg.guidance_t_max:
-                guided = self.guided_output(unet, ctx_all, len_all, txt_all, weights, rescale, latents, t, anchor)
-            else:
-                guided = self.guided_output(unet, context, len_all[-b:], txt_all[-b:], [1.0], 0.0, latents, t, anchor)
-            latents = sampler.step(guided, t, latents).prev_sample
+            latents = sampler.step(output(latents, t), t, latents).prev_sample
         unet.train(was_training)
         return self.keep_static_cells(latents, last, cfg.static_tolerance) if cfg.static_tolerance else latents
 
