@@ -158,6 +158,10 @@ def summarise(per_episode: list[dict]) -> dict:
                 row[key] = e["metric"][key]
                 if key in FIRST_PHASE and "max_displacement" in e["metric"]:
                     row["max_displacement"] = e["metric"]["max_displacement"]
+    # Each cube's own distance, so rows can be paired cube by cube (scripts/compare_evaluations.py --per-cube).
+    for row, e in zip(summary["per_episode"], per_episode):
+        if "per_cube" in e.get("metric", {}):
+            row["per_cube"] = e["metric"]["per_cube"]
     return summary
 
 

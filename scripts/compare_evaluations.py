@@ -11,6 +11,11 @@ which takes the planner's own chance out of the comparison (a retrace seed's dis
 ``+`` pools such groups run on other seeds (e.g. seeds 0-39 and 40-79) into one side. Prints
 the paired comparison of ``slowfast evaluate`` (mean difference A - B, 95 % bootstrap interval,
 A lower / higher, Wilcoxon p, ratio of means) as one JSON line.
+
+``--per-cube`` (return_cubes) pairs each cube's own distance instead of the episode's mean, so
+a return that brings one cube back and pushes the other away counts once each way. Rows record
+per-cube distances since session 53; rerunning an older ``slowfast evaluate`` command with its
+own arguments rewrites its results.json with them from the finished episodes.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.evaluate import paired
+from agent.evaluate import paired_differences
 
 
-def seed_means(side: str) -> dict[int, float]:
-    """Mean distance per seed over the ``FOLDER:ROW`` items of ``side``, on the seeds all of them ran."""
+def seed_means(side: str, per_cube: bool = False) -> dict:
+    """Mean distance per seed (per ``(seed, cube)`` with ``per_cube``) over the ``FOLDER:ROW`` items of
+    ``side``, on the seeds all of them ran."""
     per_item = []
     for item in side.split(","):
         folder, _, row = item.rpartition(":")
@@ -36,16 +42,23 @@ def seed_means(side: str) -> dict[int, float]:
         variants = json.loads(results.read_text())["variants"]
         if row not in variants:
             raise SystemExit(f"error: {results} has no row {row!r}; it has {', '.join(variants)}")
-        per_item.append({e["seed"]: e["distance"] for e in variants[row]["per_episode"]})
+        episodes = variants[row]["per_episode"]
+        if not per_cube:
+            per_item.append({e["seed"]: e["distance"] for e in episodes})
+        elif all("per_cube" in e for e in episodes):
+            per_item.append({(e["seed"], cube): d for e in episodes for cube, d in e["per_cube"].items()})
+        else:
+            raise SystemExit(f"error: row {row!r} of {results} records no per-cube distances; rerun the "
+                             "`slowfast evaluate` command that wrote it (it reuses the finished episodes)")
     seeds = sorted(set.intersection(*(set(d) for d in per_item)))
     return {seed: float(np.mean([d[seed] for d in per_item])) for seed in seeds}
 
 
-def pooled_seed_means(side: str) -> dict[int, float]:
+def pooled_seed_means(side: str, per_cube: bool = False) -> dict:
     """``seed_means`` of each ``+``-joined group of ``side``, pooled; the groups must not share a seed."""
-    pooled: dict[int, float] = {}
+    pooled: dict = {}
     for group in side.split("+"):
-        means = seed_means(group)
+        means = seed_means(group, per_cube)
         shared = sorted(set(pooled) & set(means))
         if shared:
             raise SystemExit(f"error: seeds {shared[:5]} are in two '+' groups of {side!r}; join draws of the same "
@@ -58,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", help="FOLDER:ROW[,FOLDER:ROW...][+FOLDER:ROW[,...]...]")
     parser.add_argument("b", help="FOLDER:ROW[,FOLDER:ROW...][+FOLDER:ROW[,...]...]")
+    parser.add_argument("--per-cube", action="store_true", help="pair each cube's distance (return_cubes)")
     args = parser.parse_args(argv)
-    a, b = pooled_seed_means(args.a), pooled_seed_means(args.b)
-    if not set(a) & set(b):
+    a, b = pooled_seed_means(args.a, args.per_cube), pooled_seed_means(args.b, args.per_cube)
+    shared = sorted(set(a) & set(b))
+    if not shared:
         raise SystemExit("error: the two sides share no seed")
-    rows = [{"per_episode": [{"seed": s, "distance": d} for s, d in side.items()]} for side in (a, b)]
-    summary = {"a": args.a, "b": args.b, "a_mean": float(np.mean([a[s] for s in a if s in b])),
-               "b_mean": float(np.mean([b[s] for s in b if s in a])), **paired(*rows)}
+    da, db = [a[k] for k in shared], [b[k] for k in shared]
+    counts = ({"episodes": len({seed for seed, _ in shared}), "cubes": len(shared)} if args.per_cube
+              else {"episodes": len(shared)})
+    summary = {"a": args.a, "b": args.b, "a_mean": float(np.mean(da)), "b_mean": float(np.mean(db)), **counts,
+               **paired_differences(da, db)}
     print(json.dumps(summary))
     return 0
 

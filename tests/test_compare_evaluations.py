@@ -48,3 +48,25 @@ def test_bad_sides_name_the_problem(tmp_path):
     far = _evaluation(tmp_path / "far", "no-memory", {9: 1.0})
     with pytest.raises(SystemExit, match="share no seed"):
         compare.main([row, far])
+
+
+def test_per_cube_pairs_each_cube_and_needs_rows_that_record_them(tmp_path, capsys):
+    def with_cubes(folder: Path, row: str, cubes: dict[int, dict[str, float]]) -> str:
+        folder.mkdir()
+        per_episode = [{"seed": seed, "distance": sum(d.values()) / len(d), "success": False, "per_cube": d}
+                       for seed, d in cubes.items()]
+        (folder / "results.json").write_text(json.dumps({"variants": {row: {"per_episode": per_episode}}}))
+        return f"{folder}:{row}"
+
+    # Each planned return brings one cube 10 cm nearer and pushes the other 10 cm away: level per episode.
+    planned = with_cubes(tmp_path / "a", "no-memory", {0: {"red": 0.1, "blue": 0.3}, 1: {"red": 0.3, "blue": 0.1}})
+    still = with_cubes(tmp_path / "b", "no-op", {0: {"red": 0.2, "blue": 0.2}, 1: {"red": 0.2, "blue": 0.2}})
+    assert compare.main([planned, still]) == 0
+    by_episode = json.loads(capsys.readouterr().out)
+    assert by_episode["mean_difference"] == pytest.approx(0.0) and by_episode["a_lower"] == 0
+    assert compare.main([planned, still, "--per-cube"]) == 0
+    by_cube = json.loads(capsys.readouterr().out)
+    assert (by_cube["episodes"], by_cube["cubes"], by_cube["a_lower"], by_cube["a_higher"]) == (2, 4, 2, 2)
+    old = _evaluation(tmp_path / "old", "no-op", {0: 0.2, 1: 0.2})
+    with pytest.raises(SystemExit, match="records no per-cube distances; rerun"):
+        compare.main([planned, old, "--per-cube"])

@@ -273,6 +273,9 @@ def test_return_cubes_table_reports_whether_cubes_were_moved_aside(tmp_path):
     hover = results["variants"]["hover"]
     assert hover["distance_mean"] < 0.02 and hover["moved_away_rate"] == 0.0 and hover["success_rate"] == 0.0
     assert set(hover["per_episode"][0]["max_displacement"]) == {"red", "blue"}
+    per_cube = hover["per_episode"][0]["per_cube"]
+    assert set(per_cube) == {"red", "blue"}
+    assert np.mean(list(per_cube.values())) == pytest.approx(hover["distance_mean"])
     write_table(results, tmp_path / "table.md")
     assert "| hover | " in (tmp_path / "table.md").read_text()
     assert "| moved aside |" in (tmp_path / "table.md").read_text()
