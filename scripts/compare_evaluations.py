@@ -49,7 +49,8 @@ def seed_means(side: str, per_cube: bool = False) -> dict:
             per_item.append({(e["seed"], cube): d for e in episodes for cube, d in e["per_cube"].items()})
         else:
             raise SystemExit(f"error: row {row!r} of {results} records no per-cube distances; rerun the "
-                             "`slowfast evaluate` command that wrote it (it reuses the finished episodes)")
+                             "`slowfast evaluate` command that wrote it (it reuses the finished episodes), or drop "
+                             "--per-cube for a task without cubes")
     seeds = sorted(set.intersection(*(set(d) for d in per_item)))
     return {seed: float(np.mean([d[seed] for d in per_item])) for seed in seeds}
 
