@@ -51,8 +51,8 @@ def seed_means(side: str, per_cube: bool = False) -> dict:
             raise SystemExit(f"error: row {row!r} of {results} records no per-cube distances; rerun the "
                              "`slowfast evaluate` command that wrote it (it reuses the finished episodes), or drop "
                              "--per-cube for a task without cubes")
-    seeds = sorted(set.intersection(*(set(d) for d in per_item)))
-    return {seed: float(np.mean([d[seed] for d in per_item])) for seed in seeds}
+    keys = sorted(set.intersection(*(set(d) for d in per_item)))
+    return {key: float(np.mean([d[key] for d in per_item])) for key in keys}
 
 
 def pooled_seed_means(side: str, per_cube: bool = False) -> dict:
@@ -60,7 +60,7 @@ def pooled_seed_means(side: str, per_cube: bool = False) -> dict:
     pooled: dict = {}
     for group in side.split("+"):
         means = seed_means(group, per_cube)
-        shared = sorted(set(pooled) & set(means))
+        shared = sorted({key[0] if per_cube else key for key in set(pooled) & set(means)})
         if shared:
             raise SystemExit(f"error: seeds {shared[:5]} are in two '+' groups of {side!r}; join draws of the same "
                              "seeds with ',' and groups of other seeds with '+'")

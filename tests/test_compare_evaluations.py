@@ -70,3 +70,5 @@ def test_per_cube_pairs_each_cube_and_needs_rows_that_record_them(tmp_path, caps
     old = _evaluation(tmp_path / "old", "no-op", {0: 0.2, 1: 0.2})
     with pytest.raises(SystemExit, match="records no per-cube distances; rerun"):
         compare.main([planned, old, "--per-cube"])
+    with pytest.raises(SystemExit, match=r"seeds \[0, 1\] are in two '\+' groups"):
+        compare.main([f"{planned}+{planned}", still, "--per-cube"])
