@@ -71,7 +71,8 @@ def main() -> None:
     print(json.dumps({
         "task": args.task, "checkpoint": args.checkpoint or "shipped base",
         "seeds": [args.seed, args.seed + args.episodes - 1], "pairs": len(losses["memory"]),
-        "outer_chunks": args.outer_chunks, "noise_levels": dataclasses.asdict(levels), "memory": memory.config.to_dict(),
+        "outer_chunks": args.outer_chunks, "noise_levels": dataclasses.asdict(levels),
+        "memory": memory.config.to_dict(),
         "loss": {name: float(np.mean(values)) for name, values in losses.items()},
         "memory_minus_no_memory": paired_differences(losses["memory"], losses["no_memory"]),
         "memory_minus_other_memory": paired_differences(losses["memory"], losses["other_memory"])}))
