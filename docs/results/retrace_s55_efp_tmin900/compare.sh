@@ -1,28 +1,16 @@
 # Every comparison of the research log's "Session 55", from committed rows; run from the repository root.
 set -e
+source docs/results/seed_groups.sh  # first = seeds 10000-10039, second = 10040-10079
 S55=docs/results/retrace_s55_efp_tmin900
 A=$S55/seed10000
 B=$S55/seed10040
 rows() {  # rows ROW: that row at t-min 900 over every draw, seeds 10000-10039 + 10040-10079
     echo "$A:$1,$A/draw1:$1,$A/draw2:$1+$B:$1,$B/draw1:$1"
 }
-pooled() { echo "$1"; }
-first() { echo "${1%%+*}"; }  # seeds 10000-10039 only
-second() { echo "${1#*+}"; }  # seeds 10040-10079 only
-compare() { python scripts/compare_evaluations.py "$@"; }
-NO_MEMORY=$(rows no-memory)
-ANCHOR_FRAME=$(rows anchor-frame)
-TEMP_LORA=$(rows temp-lora)
-SLOW_FAST=$(rows slow-fast)
+variant_rows
 NO_OP=docs/results/retrace_expert_first_phase:no-op+$B:no-op
 # between the variants: both seed groups pooled, then each alone
-for pick in pooled first second; do
-    compare "$($pick "$SLOW_FAST")" "$($pick "$NO_MEMORY")"
-    compare "$($pick "$SLOW_FAST")" "$($pick "$TEMP_LORA")"
-    compare "$($pick "$SLOW_FAST")" "$($pick "$ANCHOR_FRAME")"
-    compare "$($pick "$TEMP_LORA")" "$($pick "$NO_MEMORY")"
-    compare "$($pick "$ANCHOR_FRAME")" "$($pick "$NO_MEMORY")"
-done
+between_variants pooled first second
 # against holding still
 for side in "$NO_MEMORY" "$ANCHOR_FRAME" "$TEMP_LORA" "$SLOW_FAST"; do
     compare "$side" $NO_OP
