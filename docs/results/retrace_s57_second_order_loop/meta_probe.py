@@ -22,7 +22,8 @@ from agent.evaluate import paired_differences
 from envs.dataset import ChunkDataset
 from worldmodel.memory import EpisodeMemory, MemoryConfig, adapter_parameters, base_parameters
 from worldmodel.model import VideoWorldModel
-from worldmodel.slowfast import base_state_dict, episode_chunks
+from tasks.retrace import RETURN_KINDS
+from worldmodel.slowfast import base_state_dict, episode_chunks, outer_pairs
 
 p = argparse.ArgumentParser()
 p.add_argument("--checkpoint", default="checkpoints/retrace/worldmodel")
@@ -105,10 +106,6 @@ def read(lora, chunk, seed):
                                                        rep(chunk["target"]), text, g))
 
 
-def return_pairs(chunks):
-    return [i for i in range(len(chunks) - 1) if chunks[i + 1]["kind"] == "retrace"]
-
-
 def evaluate():
     """Return-pair losses on the held-out episodes: own memory, next episode's, none (same noise)."""
     eps = sorted(val)
@@ -118,7 +115,7 @@ def evaluate():
     with torch.no_grad():
         for k, e in enumerate(eps):
             other = shots[eps[(k + 1) % len(eps)]]
-            for i in return_pairs(val[e]):
+            for i in outer_pairs(val[e], RETURN_KINDS):
                 seed = 7919 * e + i
                 rows["own"].append(read(shots[e][i], val[e][i + 1], seed).item())
                 rows["other"].append(read(other[min(i, len(other) - 1)], val[e][i + 1], seed).item())
@@ -153,7 +150,7 @@ with sdpa_kernel(SDPBackend.MATH):  # the CPU flash kernel has no double backwar
         began = time.perf_counter()
         chunks = episode_chunks(dataset, e, model)
         shots = snapshots(chunks, torch.Generator().manual_seed(e), create_graph=not args.first_order)
-        pairs = return_pairs(chunks)
+        pairs = outer_pairs(chunks, RETURN_KINDS)
         loss = sum(read(shots[i], chunks[i + 1], 1_000_003 * e + i) for i in pairs) / len(pairs)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(base_parameters(unet), 1.0)
