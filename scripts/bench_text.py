@@ -19,7 +19,8 @@ text scores on average (1 / number of alternatives).
 
 Usage: python scripts/bench_text.py --task retrace [--seed 20000] [--episodes 6] [--checkpoint DIR]
        [--timesteps 300,600,900,999] [--context-frames 1] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--guidance-t-min T] [--guidance-t-max T] [--static-tolerance GREY_LEVELS]
+       [--guidance-rescale PHI] [--guidance-t-min T] [--guidance-t-max T] [--deep-cache-interval N]
+       [--static-tolerance GREY_LEVELS]
        [--snap-start T] [--snap-observe T] [--snap-keep-estimate true|false]
 
 `--context-frames 1` gives the loss measurement one context frame, as a plan's first chunk has.

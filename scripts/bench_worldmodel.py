@@ -35,7 +35,8 @@ scores near repeat-last.
 
 Usage: python scripts/bench_worldmodel.py --task retrace [--seed 10000] [--episodes 4]
        [--chunks-per-episode 4] [--checkpoint DIR] [--idm DIR] [--image-guidance G] [--text-guidance G]
-       [--guidance-rescale PHI] [--guidance-t-min T] [--guidance-t-max T] [--static-tolerance GREY_LEVELS]
+       [--guidance-rescale PHI] [--guidance-t-min T] [--guidance-t-max T] [--deep-cache-interval N]
+       [--static-tolerance GREY_LEVELS]
        [--snap-start T] [--snap-observe T] [--snap-keep-estimate true|false]
 """
 

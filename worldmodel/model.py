@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet3DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from worldmodel.deep_cache import DeepFeatureCache
 from worldmodel.latent import SpaceToDepth
 from worldmodel.text import ENCODERS, TextEncoder, WhitenedText
 
@@ -83,6 +84,9 @@ class WorldModelConfig:
     # et al. 2024 guide in a limited interval of noise levels). The defaults guide every step.
     guidance_t_min: int = 0
     guidance_t_max: int = 1000
+    # Sampling runs the UNet's deep, low-resolution blocks on one call in this many and reuses
+    # their features on the others (`DeepFeatureCache`); 1 runs every call in full.
+    deep_cache_interval: int = 1
     # Cells (one latent position, latent_factor^2 pixels) of a generated frame whose every pixel
     # lies within this many grey levels of the last context frame are set to that frame's cell
     # exactly, as a video codec skips unchanged blocks: what the sampler leaves there is noise of
@@ -197,6 +201,9 @@ class WorldModelConfig:
             raise CheckpointError(f"guidance interval [{self.guidance_t_min}, {self.guidance_t_max}] is not "
                                   f"0 <= guidance_t_min <= guidance_t_max (timesteps; [0, "
                                   f"{self.num_train_timesteps}] guides every step)")
+        if self.deep_cache_interval < 1:
+            raise CheckpointError(f"deep_cache_interval {self.deep_cache_interval} is not >= 1 (UNet calls per "
+                                  "full call of the deep blocks; 1 = every call in full)")
         if self.guidance_rescale and self.text_guidance == 0:
             raise CheckpointError("guidance_rescale scales towards the text pass, which text_guidance 0 leaves out: "
                                   "set guidance_rescale 0 or a nonzero text_guidance")
@@ -234,6 +241,8 @@ class SamplingOverrides:
     guidance_t_min: int | None = _sampling_option(
         "lowest timestep that is guided (the others run the most-conditioned pass alone)")
     guidance_t_max: int | None = _sampling_option("highest timestep that is guided")
+    deep_cache_interval: int | None = _sampling_option(
+        "UNet calls per full call of the deep blocks, the others reuse their features (1 = off)")
     static_tolerance: float | None = _sampling_option(
         "grey levels within which a cell keeps the last context frame's, 0 = off")
     snap_start: int | None = _sampling_option("timestep the sampler resumes at from the snapped frame, 0 = off")
@@ -573,7 +582,8 @@ class VideoWorldModel:
         phi * g * std(text) / std(g) + (1 - phi) * g.
         ``static_tolerance`` (grey levels) copies the last context frame's cells that the
         sampled frames leave within it (``WorldModelConfig.static_tolerance``). All these settings
-        are the config's; ``SamplingOverrides`` gives a model with others.
+        are the config's; ``SamplingOverrides`` gives a model with others. ``deep_cache_interval`` > 1
+        reuses the UNet's deep features between steps (``DeepFeatureCache``).
         """
         cfg = self.config
         unet = unet or self.unet
@@ -624,8 +634,9 @@ class VideoWorldModel:
                 sampler.set_begin_index(begin)
             else:
                 latents = snapped
-        for t in timesteps:
-            latents = sampler.step(output(latents, t), t, latents).prev_sample
+        with DeepFeatureCache(unet, cfg.deep_cache_interval):
+            for t in timesteps:
+                latents = sampler.step(output(latents, t), t, latents).prev_sample
         unet.train(was_training)
         return self.keep_static_cells(latents, last, cfg.static_tolerance) if cfg.static_tolerance else latents
 
