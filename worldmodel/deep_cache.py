@@ -32,7 +32,6 @@ class DeepFeatureCache(contextlib.AbstractContextManager):
         self.calls = 0  # since the last full call
         self.shape = None  # of the last full call's input to the deep blocks
         self.reuse = False
-        self.full_calls = 0
         self._hook = None
 
     def __enter__(self) -> "DeepFeatureCache":
@@ -58,7 +57,6 @@ class DeepFeatureCache(contextlib.AbstractContextManager):
         if not self.reuse:
             self.shape = shape
             self.calls = 0
-            self.full_calls += 1
         self.calls += 1
 
     def _cached(self, index: int, forward):
