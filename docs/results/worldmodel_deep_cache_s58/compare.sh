@@ -7,7 +7,7 @@ O=docs/results/retrace_s33_expert_first_phase
 # every sampling step in full (the shipped setting), three draws each (sessions 15-36)
 EVERY_NO_MEMORY=docs/results/retrace_expert_first_phase:no-memory,docs/results/retrace_s20_expert_first_phase_draw1:no-memory,$O/draw2:no-memory
 EVERY_SLOW_FAST=$O:slow-fast,$O/draw1:slow-fast,$O/draw2:slow-fast
-# draw 0 alone: the same sampler noise as deep reuse's one draw
+# draw 0 alone: the same seeds and draw (so the same initial noise) as deep reuse's one draw
 compare $S58:no-memory docs/results/retrace_expert_first_phase:no-memory
 compare $S58:slow-fast $O:slow-fast
 # against the three-draw means
